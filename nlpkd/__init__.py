@@ -1,0 +1,8 @@
+"""nlpkd: distil Hugging Face Transformers NLP models into small, fast TinyBERT-style students."""
+
+from .arguments import DistillationArguments
+from .student import make_student
+from .trainer import DistillationModel, DistillationTrainer
+
+__all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer", "make_student"]
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""Training arguments for distillation: `TrainingArguments` plus what the teacher should teach."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+
+LOGIT_LOSSES = ("kl", "mse", "soft_ce")
+ATTENTION_LOSSES = ("mse", "kl")
+LOSS_WEIGHTS = ("hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    r"""
+    [`TrainingArguments`] for [`DistillationTrainer`]. The total loss is
+
+        hard_label_weight * hard_loss + logit_weight * logit_loss + hidden_weight * hidden_loss
+        + attention_weight * attention_loss
+
+    and a term whose weight is 0 is neither computed nor asked of the models.
+
+    Parameters:
+        temperature (`float`, *optional*, defaults to `2.0`):
+            Softmax temperature T of logit distillation; the `kl` and `soft_ce` losses are scaled by T².
+        hard_label_weight (`float`, *optional*, defaults to `0.5`):
+            Weight of the student's own task loss on the labels.
+        logit_weight (`float`, *optional*, defaults to `0.5`):
+            Weight of the logit (prediction-layer) distillation loss.
+        hidden_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the hidden-state loss: MSE between the projected student states and the teacher states of
+            every mapped layer and of the embeddings, over non-padding tokens.
+        attention_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the attention-map loss over every mapped layer and head.
+        logit_loss (`str`, *optional*, defaults to `"kl"`):
+            `"kl"`: KL(p_teacher ‖ p_student) at temperature T, times T² (Hinton et al.). `"soft_ce"`: cross-entropy
+            against the teacher's soft targets, times T² (TinyBERT's prediction loss). `"mse"`: mean squared error
+            between raw logits (temperature unused).
+        attention_loss (`str`, *optional*, defaults to `"mse"`):
+            `"mse"`: TinyBERT's MSE between pre-softmax attention scores Q·Kᵀ/√d (needs equal head counts).
+            `"kl"`: KL between the attention distributions, per query row (head-averaged when head counts differ).
+        layer_map (`list[int]`, *optional*):
+            Entry m-1 is the teacher layer (1..N) that student layer m learns from; the embeddings always map 0 to 0.
+            Defaults to TinyBERT's uniform map g(m) = m·N/M.
+    """
+
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softmax temperature T for logit distillation (> 0); KL and soft CE are scaled by T²."},
+    )
+    hard_label_weight: float = field(
+        default=0.5, metadata={"help": "Weight (>= 0) of the student's own task loss on the labels."}
+    )
+    logit_weight: float = field(default=0.5, metadata={"help": "Weight (>= 0) of the logit distillation loss."})
+    hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight (>= 0) of the hidden-state MSE over mapped layers and embeddings (0 = off)."},
+    )
+    attention_weight: float = field(
+        default=0.0, metadata={"help": "Weight (>= 0) of the attention-map loss over mapped layers (0 = off)."}
+    )
+    logit_loss: Literal["kl", "mse", "soft_ce"] = field(
+        default="kl",
+        metadata={
+            "help": "Logit loss: 'kl' (Hinton, T²-scaled), 'soft_ce' (TinyBERT) or 'mse' (raw logits).",
+            "choices": LOGIT_LOSSES,
+        },
+    )
+    attention_loss: Literal["mse", "kl"] = field(
+        default="mse",
+        metadata={
+            "help": "Attention loss: 'mse' on pre-softmax scores (TinyBERT) or 'kl' between attention distributions.",
+            "choices": ATTENTION_LOSSES,
+        },
+    )
+    layer_map: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher layer (1..N) for each student layer 1..M, e.g. '2 4 6'; default: uniform map m*N/M."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        for name in LOSS_WEIGHTS:
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}; set it to 0 to switch that loss off.")
+        if all(getattr(self, name) == 0 for name in LOSS_WEIGHTS):
+            raise ValueError(f"All loss weights are 0 ({', '.join(LOSS_WEIGHTS)}); set at least one of them > 0.")
+        if self.logit_loss not in LOGIT_LOSSES:
+            raise ValueError(f"logit_loss must be one of {LOGIT_LOSSES}, got {self.logit_loss!r}.")
+        if self.attention_loss not in ATTENTION_LOSSES:
+            raise ValueError(f"attention_loss must be one of {ATTENTION_LOSSES}, got {self.attention_loss!r}.")
+        if self.layer_map is not None:
+            if len(self.layer_map) == 0 or any(not isinstance(g, int) or g < 1 for g in self.layer_map):
+                raise ValueError(
+                    f"layer_map must be a non-empty list of teacher layer numbers >= 1 (0 is the embeddings, which "
+                    f"always map to each other), got {self.layer_map}."
+                )
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.logit_weight > 0 or self.hidden_weight > 0 or self.attention_weight > 0

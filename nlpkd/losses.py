@@ -1,0 +1,106 @@
+"""Distillation losses as pure functions of tensors.
+
+Every loss upcasts to fp32, ignores masked positions, and clamps its denominator so that a batch with no valid
+position gives 0 rather than NaN.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `values` over positions where `mask` is true; `mask` broadcasts against `values`."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype).expand_as(values)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def logit_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    kind: str = "kl",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logit distillation loss, averaged over the valid positions.
+
+    Args:
+        student_logits: (..., C) student logits, e.g. (B, C) for classification or (B, T, V) per token.
+        teacher_logits: (..., C) teacher logits, same shape.
+        temperature: softmax temperature T; `kl` and `soft_ce` are multiplied by T² (Hinton et al., 2015).
+        kind: `kl` = KL(p_T ‖ p_S), `soft_ce` = −Σ p_T log p_S, `mse` = mean squared error of the raw logits.
+        mask: (...) boolean, true where a position counts; None = all positions.
+    """
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    if kind == "mse":
+        per_position = (student_logits - teacher_logits).pow(2).mean(-1)
+        return _masked_mean(per_position, mask)
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
+    if kind == "kl":
+        per_position = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1)
+    elif kind == "soft_ce":
+        per_position = -(teacher_log_probs.exp() * student_log_probs).sum(-1)
+    else:
+        raise ValueError(f"kind must be one of 'kl', 'soft_ce', 'mse', got {kind!r}.")
+    return _masked_mean(per_position, mask) * temperature**2
+
+
+def hidden_mse_loss(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSE between hidden states over non-padding tokens.
+
+    Args:
+        student_hidden: (B, T, D) student states, already projected to the teacher's width D.
+        teacher_hidden: (B, T, D) teacher states.
+        mask: (B, T) attention mask (1 = token, 0 = padding); None = all tokens.
+    """
+    per_token = (student_hidden.float() - teacher_hidden.float()).pow(2).mean(-1)  # (B, T)
+    return _masked_mean(per_token, None if mask is None else mask.bool())
+
+
+def attention_scores_mse_loss(
+    student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """TinyBERT's attention loss: MSE between pre-softmax scores Q·Kᵀ/√d over valid query–key pairs.
+
+    Args:
+        student_scores: (B, H, T, T) student scores.
+        teacher_scores: (B, H, T, T) teacher scores, same head count.
+        mask: (B, T) attention mask; a pair (i, j) counts when tokens i and j are both real. None = all pairs.
+    """
+    squared_error = (student_scores.float() - teacher_scores.float()).pow(2)
+    return _masked_mean(squared_error, None if mask is None else _pair_mask(mask))
+
+
+def attention_kl_loss(
+    student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """KL(teacher ‖ student) between attention distributions, per query row, over real keys.
+
+    Args:
+        student_scores: (B, Hs, T, T) student pre-softmax scores.
+        teacher_scores: (B, Ht, T, T) teacher pre-softmax scores. When Hs ≠ Ht both sides are averaged over heads.
+        mask: (B, T) attention mask: padded keys get no probability, padded query rows do not count.
+    """
+    student_scores, teacher_scores = student_scores.float(), teacher_scores.float()
+    if mask is not None:
+        # finfo.min rather than -inf: a row with no real key stays finite, and it is excluded below anyway.
+        key_padding = ~mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        student_scores = student_scores.masked_fill(key_padding, torch.finfo(torch.float32).min)
+        teacher_scores = teacher_scores.masked_fill(key_padding, torch.finfo(torch.float32).min)
+    student_log_probs = F.log_softmax(student_scores, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_scores, dim=-1)
+    if student_scores.shape[1] != teacher_scores.shape[1]:
+        student_log_probs = student_log_probs.exp().mean(1, keepdim=True).clamp_min(1e-30).log()
+        teacher_log_probs = teacher_log_probs.exp().mean(1, keepdim=True).clamp_min(1e-30).log()
+    per_row = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1)  # (B, H, T)
+    return _masked_mean(per_row, None if mask is None else mask.bool()[:, None, :])
+
+
+def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) token mask -> (B, 1, T, T) mask of query–key pairs whose tokens are both real."""
+    mask = mask.bool()
+    return (mask[:, :, None] & mask[:, None, :])[:, None]

@@ -1,0 +1,70 @@
+"""Checks run when a DistillationTrainer is built: a teacher–student mismatch fails before training starts."""
+
+import logging
+
+from transformers import PreTrainedModel
+
+from .arguments import DistillationArguments
+from .layer_map import resolve_layer_map
+
+logger = logging.getLogger(__name__)
+
+
+def head_type(model: PreTrainedModel) -> str:
+    """The task head a model class carries: `BertForSequenceClassification` -> `ForSequenceClassification`."""
+    name = type(model).__name__
+    return name[name.index("For") :] if "For" in name else "(no task head)"
+
+
+def _is_default_label_names(id2label: dict) -> bool:
+    return all(str(label) == f"LABEL_{i}" for i, label in id2label.items())
+
+
+def check_teacher_student(
+    teacher: PreTrainedModel, student: PreTrainedModel, args: DistillationArguments
+) -> list[int]:
+    """Validate the pair against `args`; return the resolved layer map (student layer m -> teacher layer)."""
+    t_config, s_config = teacher.config, student.config
+    if args.logit_weight > 0 and head_type(teacher) != head_type(student):
+        raise ValueError(
+            f"Logit distillation needs the same task head on both models: teacher {type(teacher).__name__} "
+            f"{head_type(teacher)} vs student {type(student).__name__} {head_type(student)}. Load both with the "
+            "same Auto class, or set logit_weight=0."
+        )
+    t_vocab, s_vocab = getattr(t_config, "vocab_size", None), getattr(s_config, "vocab_size", None)
+    if t_vocab != s_vocab:
+        raise ValueError(
+            f"vocab_size differs: teacher {t_vocab} vs student {s_vocab}. Both read the same input_ids, so they "
+            "need the same tokenizer; build the student with nlpkd.make_student(teacher) or the teacher's vocab."
+        )
+    if head_type(teacher) == "ForSequenceClassification":
+        if t_config.num_labels != s_config.num_labels:
+            raise ValueError(
+                f"num_labels differs: teacher {t_config.num_labels} vs student {s_config.num_labels}. "
+                "Load the student with num_labels equal to the teacher's."
+            )
+        t_labels, s_labels = dict(t_config.id2label), dict(s_config.id2label)
+        if t_labels != s_labels and not (_is_default_label_names(t_labels) or _is_default_label_names(s_labels)):
+            raise ValueError(
+                f"id2label differs: teacher {t_labels} vs student {s_labels}. Logit distillation compares class i "
+                "with class i; give the student the teacher's id2label/label2id."
+            )
+    layer_map = []
+    if args.hidden_weight > 0 or args.attention_weight > 0:
+        layer_map = resolve_layer_map(args.layer_map, s_config.num_hidden_layers, t_config.num_hidden_layers)
+    if args.attention_weight > 0 and args.attention_loss == "mse":
+        if t_config.num_attention_heads != s_config.num_attention_heads:
+            raise ValueError(
+                f"attention_loss='mse' compares scores head by head, but num_attention_heads differs: teacher "
+                f"{t_config.num_attention_heads} vs student {s_config.num_attention_heads}. Use a student with "
+                f"{t_config.num_attention_heads} heads, or attention_loss='kl' (compares head-averaged maps)."
+            )
+    architectures = getattr(t_config, "architectures", None) or []
+    if args.logit_weight > 0 and architectures and type(teacher).__name__ not in architectures:
+        logger.warning(
+            "The teacher %s was loaded from a checkpoint of %s: its task head is freshly initialised and untrained, "
+            "so its logits teach nothing. Fine-tune the teacher first.",
+            type(teacher).__name__,
+            architectures,
+        )
+    return layer_map

@@ -1,0 +1,54 @@
+"""Tiny config-built models and data, as in transformers' own model tests: no downloads, seconds per test."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification
+
+VOCAB_SIZE = 99
+
+
+def tiny_bert_config(**overrides) -> BertConfig:
+    settings = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    settings.update(overrides)
+    return BertConfig(**settings)
+
+
+@pytest.fixture
+def teacher():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config()).eval()
+
+
+@pytest.fixture
+def student():
+    torch.manual_seed(1)
+    return BertForSequenceClassification(tiny_bert_config(hidden_size=16, num_hidden_layers=2, intermediate_size=20))
+
+
+def make_classification_dataset(num_rows: int = 32, seed: int = 0, max_length: int = 12) -> Dataset:
+    """Token ids whose label depends on the first token, with ragged lengths so padding matters."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for _ in range(num_rows):
+        length = int(torch.randint(4, max_length + 1, (1,), generator=generator))
+        ids = torch.randint(5, VOCAB_SIZE, (length,), generator=generator).tolist()
+        rows["input_ids"].append(ids)
+        rows["attention_mask"].append([1] * length)
+        rows["labels"].append(int(ids[0] % 2))
+    return Dataset.from_dict(rows)
+
+
+@pytest.fixture
+def classification_dataset() -> Dataset:
+    return make_classification_dataset()
