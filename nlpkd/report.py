@@ -1,0 +1,134 @@
+"""Measurements for teacher-vs-student-vs-baseline tables: quality, size, latency, speed-up."""
+
+import math
+import statistics
+import time
+
+import torch
+
+# (results key, column header, scale, decimals)
+COLUMNS = (
+    ("accuracy", "accuracy %", 100, 1),
+    ("f1", "f1 %", 100, 1),
+    ("params", "params M", 1e-6, 2),
+    ("size_mb", "size MB", 1, 1),
+    ("latency_ms_b1", "latency b1 ms", 1, 1),
+    ("throughput_b32", "throughput b32 /s", 1, 1),
+)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters, tied ones counted once."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def model_size_mb(model: torch.nn.Module) -> float:
+    """Megabytes (1e6 bytes) of the weights `save_pretrained` writes: parameters and persistent buffers, tied once."""
+    bytes_by_storage = {tensor.data_ptr(): tensor.nbytes for tensor in model.state_dict().values()}
+    return sum(bytes_by_storage.values()) / 1e6
+
+
+def measure_latency(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: list[str],
+    batch_size: int,
+    max_length: int = 128,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> float:
+    """Median milliseconds of one forward pass over `batch_size` texts (cycling through `texts`).
+
+    The batch is tokenised once, untimed, padded to its longest text (at most `max_length` tokens) and run on the
+    model's device in eval mode under `torch.inference_mode()`; the model's train/eval mode is restored afterwards.
+    CPU threads are whatever the caller set (`torch.set_num_threads`).
+    """
+    if not texts:
+        raise ValueError("texts is empty: give at least one text to time.")
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"Need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, {repeats}, {warmup}.")
+    device = next(model.parameters()).device
+    batch = [texts[index % len(texts)] for index in range(batch_size)]
+    inputs = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+    was_training = model.training
+    model.eval()
+    seconds = []
+    try:
+        with torch.inference_mode():
+            for step in range(warmup + repeats):
+                _synchronize(device)
+                start = time.perf_counter()
+                model(**inputs)
+                _synchronize(device)
+                if step >= warmup:
+                    seconds.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return 1000 * statistics.median(seconds)
+
+
+def throughput(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 32,
+    max_length: int = 128,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> float:
+    """Examples per second at `batch_size`, from `measure_latency`."""
+    return batch_size * 1000 / measure_latency(model, tokenizer, texts, batch_size, max_length, warmup, repeats)
+
+
+def accuracy_confidence_interval(accuracy: float, n: int, z: float = 1.96) -> float:
+    """Half-width of the normal-approximation confidence interval (95 % for z=1.96) of an accuracy on n examples."""
+    if not 0 <= accuracy <= 1 or n < 1:
+        raise ValueError(f"Need 0 <= accuracy <= 1 and n >= 1; got accuracy={accuracy}, n={n}.")
+    return z * math.sqrt(accuracy * (1 - accuracy) / n)
+
+
+def format_results_table(results: dict) -> str:
+    """A plain-text table of `results` plus retention and speed-up lines against the teacher.
+
+    `results` maps each model (e.g. "teacher", "student", "baseline") to a dict with any of `accuracy`, `f1`
+    (fractions), `accuracy_ci` (half-width, a fraction), `params`, `size_mb`, `latency_ms_b1`, `throughput_b32`;
+    entries that are not dicts (such as "retention") are skipped and missing values show as "-".
+    """
+    models = {name: entry for name, entry in results.items() if isinstance(entry, dict)}
+    rows = [["model", *(header for _, header, _, _ in COLUMNS)]]
+    for name, entry in models.items():
+        rows.append([name, *(_format_cell(entry, key, scale, decimals) for key, _, scale, decimals in COLUMNS)])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    teacher = models.get("teacher", {})
+    others = {name: entry for name, entry in models.items() if name != "teacher"}
+    retention = [
+        f"{name} {entry['accuracy'] / teacher['accuracy']:.1%}"
+        for name, entry in others.items()
+        if entry.get("accuracy") is not None and teacher.get("accuracy")
+    ]
+    speedup = [
+        f"{name} {teacher['latency_ms_b1'] / entry['latency_ms_b1']:.1f}×"
+        for name, entry in others.items()
+        if entry.get("latency_ms_b1") and teacher.get("latency_ms_b1")
+    ]
+    if retention:
+        lines.append("retention of teacher accuracy: " + ", ".join(retention))
+    if speedup:
+        lines.append("speed-up over teacher at batch 1: " + ", ".join(speedup))
+    return "\n".join(lines)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize(device)
+
+
+def _format_cell(entry: dict, key: str, scale: float, decimals: int) -> str:
+    value = entry.get(key)
+    if value is None:
+        return "-"
+    cell = f"{value * scale:.{decimals}f}"
+    if key == "accuracy" and entry.get("accuracy_ci") is not None:
+        cell += f" ± {entry['accuracy_ci'] * scale:.{decimals}f}"
+    return cell
