@@ -1,0 +1,38 @@
+"""Command-line parsing shared by the recipes: flags, or a YAML/JSON config file as the only argument."""
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def parse_recipe_args(
+    dataclass_types: tuple[type, ...], defaults: dict[str, Any], argv: list[str] | None = None
+) -> tuple:
+    """Parse `argv` (default: sys.argv[1:]) into `dataclass_types`.
+
+    `defaults` override the dataclasses' own defaults (e.g. the recipe's output_dir and epochs); a config file
+    overrides `defaults`, and flags override both.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    known = {f.name for dataclass_type in dataclass_types for f in dataclasses.fields(dataclass_type)}
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise ValueError(f"Recipe defaults name unknown arguments {unknown}; every default must be a field.")
+    parser = HfArgumentParser(dataclass_types)
+    parser.set_defaults(**defaults)
+    if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist; pass an existing .yaml/.yml/.json file.")
+        text = path.read_text(encoding="utf-8")
+        values = yaml.safe_load(text) or {}  # YAML is a superset of JSON
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping of argument names to values.")
+        return parser.parse_dict({**defaults, **values})
+    return parser.parse_args_into_dataclasses(args=argv)

@@ -1,0 +1,59 @@
+"""Recipe stages every task shares: plain training arguments, students, fingerprints, results files."""
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from transformers import AutoConfig, PreTrainedModel, TrainingArguments
+
+from .recipe_args import StudentArguments
+from .student import make_student
+
+
+def plain_training_args(args: TrainingArguments, **changes) -> TrainingArguments:
+    """A plain `TrainingArguments` with the shared fields of `args` (e.g. DistillationArguments) and `changes`."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    values.update(changes)
+    return TrainingArguments(**values)
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts (settings, data digests) for cache folder names."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()[:12]
+
+
+def has_trained_head(model_name_or_path: str, head: str) -> bool:
+    """Whether the checkpoint was saved from a model with this task head (e.g. `ForSequenceClassification`)."""
+    architectures = AutoConfig.from_pretrained(model_name_or_path).architectures or []
+    return any(name.endswith(head) for name in architectures)
+
+
+def build_student(teacher: PreTrainedModel, student_args: StudentArguments, auto_class) -> PreTrainedModel:
+    """The student: loaded from `student_model_name_or_path` with the teacher's labels, or made from the teacher."""
+    if student_args.student_model_name_or_path is None:
+        return make_student(
+            teacher,
+            num_hidden_layers=student_args.student_num_layers,
+            hidden_size=student_args.student_hidden_size,
+            num_attention_heads=student_args.student_num_heads,
+            intermediate_size=student_args.student_intermediate_size,
+            init=student_args.student_init,
+        )
+    label_kwargs = {}
+    if getattr(teacher.config, "num_labels", None) is not None and "Classification" in type(teacher).__name__:
+        label_kwargs = dict(
+            num_labels=teacher.config.num_labels,
+            id2label=teacher.config.id2label,
+            label2id=teacher.config.label2id,
+        )
+    return auto_class.from_pretrained(student_args.student_model_name_or_path, **label_kwargs)
+
+
+def write_results(results: dict, output_dir: str) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "results.json")
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(results, file, indent=2)
+    return path

@@ -1,0 +1,151 @@
+"""Distil a text classifier: fine-tune the teacher if needed, distil a student, train a no-KD baseline, compare.
+
+    python recipes/text_classification.py                       # embedded default: MiniLM teacher, movie reviews
+    python recipes/text_classification.py recipes/configs/text_classification.yaml
+    python recipes/text_classification.py --train_file reviews.csv --text_column review --label_column stars
+
+Writes the student (loadable with AutoModelForSequenceClassification), its tokenizer and results.json to
+--output_dir, with the baseline under output_dir/baseline.
+"""
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, set_seed
+
+from nlpkd import DistillationArguments, DistillationTrainer
+from nlpkd.assets import minilm_path
+from nlpkd.classification import compute_accuracy_f1, evaluate_classifier, prepare_teacher, tokenize
+from nlpkd.cli import parse_recipe_args
+from nlpkd.data import load_classification_data
+from nlpkd.pipeline import build_student, plain_training_args, write_results
+from nlpkd.recipe_args import StudentArguments, TeacherArguments
+from nlpkd.report import format_results_table
+
+logger = logging.getLogger(__name__)
+
+# The embedded default's settings; a config file or flags override them.
+DEFAULTS = dict(
+    output_dir="outputs/text_classification",
+    num_train_epochs=4,
+    learning_rate=1e-4,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    warmup_steps=0.1,
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=1,
+    logging_steps=50,
+    report_to="none",
+    train_sampling_strategy="group_by_length",
+    disable_tqdm=True,
+)
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A hub dataset name or a local dataset folder."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    train_file: str | None = field(default=None, metadata={"help": "A local .csv/.tsv/.json/.jsonl training file."})
+    validation_file: str | None = field(default=None, metadata={"help": "A local validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "A local test file."})
+    text_column: str = field(default="text", metadata={"help": "The column holding the text."})
+    label_column: str = field(default="label", metadata={"help": "The column holding the label."})
+    max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training rows."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only this many validation and test rows."}
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data_args, teacher_args, student_args, args = parse_recipe_args(
+        (DataArguments, TeacherArguments, StudentArguments, DistillationArguments), DEFAULTS, argv
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+
+    data = load_classification_data(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        text_column=data_args.text_column,
+        label_column=data_args.label_column,
+        seed=args.seed,
+    )
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    limits["test"] = data_args.max_eval_samples
+    for split, limit in limits.items():
+        if limit is not None:
+            data[split] = data[split].select(range(min(limit, len(data[split]))))
+    logger.info("Data: %s", {split: len(rows) for split, rows in data.items()})
+
+    teacher_path = teacher_args.teacher_model_name_or_path or minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    tokenized = tokenize(data, tokenizer, data_args.max_seq_length)
+    collator = DataCollatorWithPadding(tokenizer)
+
+    # Stage 1: a teacher with a trained head (fine-tuned once, then reused).
+    teacher = prepare_teacher(teacher_args, teacher_path, data, tokenized, tokenizer, args, data_args.max_seq_length)
+
+    # Stage 2: distil the student.
+    student = build_student(teacher, student_args, AutoModelForSequenceClassification)
+    baseline = None if student_args.no_baseline else copy.deepcopy(student)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_accuracy_f1,
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+
+    # Stage 3: the same student, same initialisation and schedule, without a teacher.
+    if baseline is not None:
+        baseline_trainer = Trainer(
+            model=baseline,
+            args=plain_training_args(args, output_dir=os.path.join(args.output_dir, "baseline")),
+            train_dataset=tokenized["train"],
+            eval_dataset=tokenized["validation"],
+            processing_class=tokenizer,
+            data_collator=collator,
+            compute_metrics=compute_accuracy_f1,
+        )
+        baseline_trainer.train()
+        baseline_trainer.save_model(os.path.join(args.output_dir, "baseline"))
+
+    # Stage 4: teacher, student and baseline on the held-out test split.
+    models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
+    test_texts = data["test"]["text"]
+    results = {
+        name: evaluate_classifier(model, tokenizer, tokenized["test"], test_texts, data_args.max_seq_length)
+        for name, model in models.items()
+        if model is not None
+    }
+    results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
+    results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
+    results["distillation"] = {
+        name: getattr(args, name)
+        for name in ("temperature", "hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
+    }
+    results["distillation"].update(
+        logit_loss=args.logit_loss, attention_loss=args.attention_loss, layer_map=trainer.layer_map or None
+    )
+    path = write_results(results, args.output_dir)
+    print(format_results_table({name: results[name] for name in models if name in results}))
+    print(f"results: {path}")
+    logger.info("results.json: %s", json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
