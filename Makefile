@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check nlpkd recipes tests benchmarks
 
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py

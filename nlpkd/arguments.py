@@ -95,7 +95,8 @@ class DistillationArguments(TrainingArguments):
         if self.attention_loss not in ATTENTION_LOSSES:
             raise ValueError(f"attention_loss must be one of {ATTENTION_LOSSES}, got {self.attention_loss!r}.")
         if self.layer_map is not None:
-            if len(self.layer_map) == 0 or any(not isinstance(g, int) or g < 1 for g in self.layer_map):
+            valid = [type(g) is int and g >= 1 for g in self.layer_map]  # bool is an int subclass: refuse it
+            if not valid or not all(valid):
                 raise ValueError(
                     f"layer_map must be a non-empty list of teacher layer numbers >= 1 (0 is the embeddings, which "
                     f"always map to each other), got {self.layer_map}."

@@ -52,6 +52,8 @@ def check_teacher_student(
     layer_map = []
     if args.hidden_weight > 0 or args.attention_weight > 0:
         layer_map = resolve_layer_map(args.layer_map, s_config.num_hidden_layers, t_config.num_hidden_layers)
+    elif args.layer_map is not None:
+        logger.warning("layer_map=%s is unused: hidden_weight and attention_weight are both 0.", args.layer_map)
     if args.attention_weight > 0 and args.attention_loss == "mse":
         if t_config.num_attention_heads != s_config.num_attention_heads:
             raise ValueError(

@@ -145,8 +145,16 @@ class DistillationTrainer(Trainer):
                 )
             losses["hard_loss"] = outputs.loss
         if args.logit_weight > 0:
+            # Per-token logits (B, T, C) of an encoder leave out padding; per-sequence logits (B, C) need no mask.
+            logit_mask = None
+            if (
+                attention_mask is not None
+                and outputs.logits.shape[:-1] == attention_mask.shape
+                and not self.student.config.is_encoder_decoder
+            ):
+                logit_mask = attention_mask.bool()
             losses["logit_loss"] = logit_kd_loss(
-                outputs.logits, teacher_outputs.logits, args.temperature, args.logit_loss
+                outputs.logits, teacher_outputs.logits, args.temperature, args.logit_loss, mask=logit_mask
             )
         if args.hidden_weight > 0:
             teacher_layers = [0, *self.layer_map]  # the embeddings map 0 -> 0

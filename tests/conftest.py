@@ -52,3 +52,22 @@ def make_classification_dataset(num_rows: int = 32, seed: int = 0, max_length: i
 @pytest.fixture
 def classification_dataset() -> Dataset:
     return make_classification_dataset()
+
+
+class PadCollator:
+    """Right-pads `input_ids` (with 0) and `attention_mask` to the longest row, plus `extra_padding` positions."""
+
+    def __init__(self, extra_padding: int = 0):
+        self.extra_padding = extra_padding
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(row["input_ids"]) for row in rows) + self.extra_padding
+        batch = {
+            "input_ids": torch.tensor([row["input_ids"] + [0] * (length - len(row["input_ids"])) for row in rows]),
+            "attention_mask": torch.tensor(
+                [row["attention_mask"] + [0] * (length - len(row["attention_mask"])) for row in rows]
+            ),
+        }
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([row["labels"] for row in rows])
+        return batch

@@ -1,0 +1,117 @@
+"""Smoke runs of recipes/text_classification.py on a tiny teacher and a small local CSV file."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_bert_config
+from transformers import AutoModelForSequenceClassification, BertModel, BertTokenizerFast
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "text_classification.py"
+WORDS = ["good", "great", "fine", "fun", "bad", "awful", "dull", "poor", "movie", "film", "the", "was", "a"]
+MODEL_KEYS = ("accuracy", "f1", "params", "size_mb", "latency_ms_b1", "throughput_b32")
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("text_classification_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path) -> str:
+    """A tiny BERT *body* (no classification head, like the packaged MiniLM) with its tokenizer."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    teacher = BertModel(tiny_bert_config(vocab_size=len(vocab), num_hidden_layers=2))
+    teacher_dir = tmp_path / "teacher"
+    teacher.save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    return str(teacher_dir)
+
+
+@pytest.fixture
+def reviews_csv(tmp_path) -> str:
+    generator = torch.Generator().manual_seed(0)
+    lines = ["review,sentiment"]
+    for index in range(60):
+        positive = index % 2 == 0
+        polar = WORDS[int(torch.randint(0, 4, (1,), generator=generator)) + (0 if positive else 4)]
+        lines.append(f"the movie was {polar} a film,{'pos' if positive else 'neg'}")
+    path = tmp_path / "reviews.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def recipe_flags(teacher_dir: str, train_file: str, tmp_path, *extra: str) -> list[str]:
+    return [
+        "--teacher_model_name_or_path", teacher_dir,
+        "--train_file", train_file,
+        "--text_column", "review",
+        "--label_column", "sentiment",
+        "--teacher_cache_dir", str(tmp_path / "teachers"),
+        "--output_dir", str(tmp_path / "out"),
+        "--max_steps", "3",
+        "--per_device_train_batch_size", "8",
+        "--student_num_layers", "1",
+        "--student_hidden_size", "16",
+        "--student_num_heads", "4",
+        "--student_intermediate_size", "20",
+        "--use_cpu", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv, tmp_path, capsys):
+    recipe = load_recipe()
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--hidden_weight", "1", "--attention_weight", "1")
+    results = recipe.main(flags)
+
+    output_dir = tmp_path / "out"
+    saved = json.loads((output_dir / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    for name in ("teacher", "student", "baseline"):
+        assert set(MODEL_KEYS) <= set(saved[name]), name
+        assert 0 <= saved[name]["accuracy"] <= 1
+        assert saved[name]["num_test_examples"] == 6  # 10 % of 60 rows
+    assert saved["retention"] == pytest.approx(saved["student"]["accuracy"] / saved["teacher"]["accuracy"])
+    assert saved["speedup"] == pytest.approx(saved["teacher"]["latency_ms_b1"] / saved["student"]["latency_ms_b1"])
+    assert saved["student"]["params"] < saved["teacher"]["params"]
+    assert "teacher" in capsys.readouterr().out  # the table is printed
+
+    student = AutoModelForSequenceClassification.from_pretrained(output_dir)
+    assert student.config.num_hidden_layers == 1
+    assert student.config.id2label == {0: "neg", 1: "pos"}
+    assert (output_dir / "tokenizer.json").is_file()
+    assert (output_dir / "baseline" / "model.safetensors").is_file()
+
+    # Stage 1 kept the fine-tuned teacher; a second run loads it instead of training again.
+    cached = [p for p in (tmp_path / "teachers").iterdir() if (p / "config.json").is_file()]
+    assert len(cached) == 1
+    stamp = os.path.getmtime(cached[0] / "model.safetensors")
+    recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true"))
+    assert os.path.getmtime(cached[0] / "model.safetensors") == stamp
+    assert "baseline" not in json.loads((output_dir / "results.json").read_text())
+
+
+def test_recipe_reads_a_yaml_config(tiny_teacher_dir, reviews_csv, tmp_path):
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true")
+    pairs = dict(zip(flags[::2], flags[1::2], strict=True))
+    config = tmp_path / "config.yaml"
+    config.write_text("".join(f"{name.lstrip('-')}: {value}\n" for name, value in pairs.items()))
+    results = load_recipe().main([str(config)])
+    assert set(results) >= {"teacher", "student", "retention", "speedup"}
+
+
+def test_recipe_rejects_a_missing_column_before_training(tiny_teacher_dir, reviews_csv, tmp_path):
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path)
+    flags[flags.index("--text_column") + 1] = "body"
+    with pytest.raises(ValueError, match="body"):
+        load_recipe().main(flags)
+    assert not (tmp_path / "teachers").exists()
