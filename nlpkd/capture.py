@@ -4,6 +4,7 @@ Transformers' SDPA attention returns no attention weights, so the self-attention
 the mapped layers are recorded with forward hooks, and the pre-softmax scores Q·Kᵀ·scale are computed from them.
 """
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -80,9 +81,13 @@ class AttentionCapture:
             self._handles.append(key.register_forward_hook(self._hook(layer, "key")))
 
     def _hook(self, layer: int, role: str):
+        # A weak reference: the hook must not keep its capture alive, so that `__del__` can remove the hooks.
+        capture_ref = weakref.ref(self)
+
         def record(module, inputs, output):
-            if self._recording:
-                self._outputs[layer, role] = output
+            capture = capture_ref()
+            if capture is not None and capture._recording:
+                capture._outputs[layer, role] = output
 
         return record
 
@@ -112,3 +117,6 @@ class AttentionCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def __del__(self):
+        self.remove()

@@ -1,5 +1,7 @@
 """AttentionCapture: scores from hooked Q/K projections equal what eager attention computes."""
 
+import gc
+
 import pytest
 import torch
 from conftest import tiny_bert_config
@@ -188,3 +190,13 @@ def test_cross_attention_is_skipped():
     assert query is block.attention.query
     assert key is block.attention.key
     assert names.query == "query" and names.scaled
+
+
+def test_hooks_go_away_with_their_capture():
+    model = BertModel(tiny_bert_config(num_hidden_layers=2))
+    query = model.encoder.layer[0].attention.self.query
+    capture = AttentionCapture(model, layers=[1])
+    assert len(query._forward_hooks) == 1
+    del capture
+    gc.collect()
+    assert len(query._forward_hooks) == 0
