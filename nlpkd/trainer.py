@@ -108,6 +108,7 @@ class DistillationTrainer(Trainer):
             self.teacher_attention = AttentionCapture(teacher_model, self.layer_map)
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
+        self._saving_checkpoint = False
 
     @property
     def student(self) -> PreTrainedModel:
@@ -211,7 +212,7 @@ class DistillationTrainer(Trainer):
         student_state = {k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")}
         wrapper.student.save_pretrained(output_dir, state_dict=student_state)
         projection_state = {k: v.contiguous() for k, v in state_dict.items() if k.startswith("projections.")}
-        if getattr(self, "_saving_checkpoint", False) and projection_state:
+        if self._saving_checkpoint and projection_state:
             safetensors.torch.save_file(projection_state, os.path.join(output_dir, PROJECTIONS_NAME))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)

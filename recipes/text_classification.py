@@ -30,8 +30,10 @@ logger = logging.getLogger(__name__)
 # The embedded default's settings; a config file or flags override them.
 DEFAULTS = dict(
     output_dir="outputs/text_classification",
-    num_train_epochs=4,
-    learning_rate=1e-4,
+    num_train_epochs=5,
+    learning_rate=2e-4,
+    hidden_weight=1.0,
+    attention_weight=1.0,
     per_device_train_batch_size=32,
     per_device_eval_batch_size=64,
     warmup_steps=0.1,

@@ -1,5 +1,6 @@
 """Smoke runs of recipes/text_classification.py on a tiny teacher and a small local CSV file."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -115,3 +116,16 @@ def test_recipe_rejects_a_missing_column_before_training(tiny_teacher_dir, revie
     with pytest.raises(ValueError, match="body"):
         load_recipe().main(flags)
     assert not (tmp_path / "teachers").exists()
+
+
+def test_shipped_config_spells_out_the_default_run():
+    recipe = load_recipe()
+    types = (recipe.DataArguments, recipe.TeacherArguments, recipe.StudentArguments, recipe.DistillationArguments)
+    config = str(RECIPE.parent / "configs" / "text_classification.yaml")
+    from_config = recipe.parse_recipe_args(types, recipe.DEFAULTS, [config])
+    from_defaults = recipe.parse_recipe_args(types, recipe.DEFAULTS, [])
+    for parsed_config, parsed_default in zip(from_config, from_defaults, strict=True):
+        fields = [f.name for f in dataclasses.fields(parsed_config)]
+        assert {name: getattr(parsed_config, name) for name in fields} == {
+            name: getattr(parsed_default, name) for name in fields
+        }
