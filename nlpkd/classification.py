@@ -41,14 +41,17 @@ def data_digest(data: DatasetDict) -> str:
     return fingerprint({name: [split["text"], split["label"]] for name, split in data.items()})
 
 
-def compute_accuracy_f1(eval_prediction) -> dict[str, float]:
-    """`compute_metrics` for the Trainer: accuracy and macro F1 from the packaged offline metric modules."""
-    predictions = np.argmax(eval_prediction.predictions, axis=-1)
-    references = eval_prediction.label_ids
+def accuracy_and_f1(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro F1 from the packaged offline metric modules."""
     return {
         **load_metric("accuracy").compute(predictions=predictions, references=references),
         **load_metric("f1").compute(predictions=predictions, references=references, average="macro"),
     }
+
+
+def compute_accuracy_f1(eval_prediction) -> dict[str, float]:
+    """`compute_metrics` for the Trainer."""
+    return accuracy_and_f1(np.argmax(eval_prediction.predictions, axis=-1), eval_prediction.label_ids)
 
 
 def prepare_teacher(
@@ -118,7 +121,7 @@ def prepare_teacher(
 @torch.inference_mode()
 def predict_labels(model: PreTrainedModel, dataset, tokenizer, batch_size: int = 64) -> np.ndarray:
     model.eval()
-    features = dataset.remove_columns([c for c in dataset.column_names if c == "label"])
+    features = dataset.remove_columns("label") if "label" in dataset.column_names else dataset
     loader = DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
     predictions = [model(**batch.to(model.device)).logits.argmax(-1).cpu().numpy() for batch in loader]
     return np.concatenate(predictions)
@@ -128,13 +131,11 @@ def evaluate_classifier(model: PreTrainedModel, tokenizer, tokenized_test, test_
     """Quality (accuracy with its 95 % interval, macro F1) and cost (params, MB, latency) on the test split."""
     predictions = predict_labels(model, tokenized_test, tokenizer)
     references = np.array(tokenized_test["label"])
-    accuracy = load_metric("accuracy").compute(predictions=predictions, references=references)["accuracy"]
-    f1 = load_metric("f1").compute(predictions=predictions, references=references, average="macro")["f1"]
+    quality = accuracy_and_f1(predictions, references)
     typical_text = sorted(test_texts, key=len)[len(test_texts) // 2]
     return {
-        "accuracy": accuracy,
-        "accuracy_ci": report.accuracy_confidence_interval(accuracy, len(references)),
-        "f1": f1,
+        **quality,
+        "accuracy_ci": report.accuracy_confidence_interval(quality["accuracy"], len(references)),
         "params": report.count_parameters(model),
         "size_mb": report.model_size_mb(model),
         "latency_ms_b1": report.measure_latency(model, tokenizer, [typical_text], 1, max_length, warmup=3, repeats=30),

@@ -42,7 +42,7 @@ def build_student(teacher: PreTrainedModel, student_args: StudentArguments, auto
             init=student_args.student_init,
         )
     label_kwargs = {}
-    if getattr(teacher.config, "num_labels", None) is not None and "Classification" in type(teacher).__name__:
+    if "Classification" in type(teacher).__name__:
         label_kwargs = dict(
             num_labels=teacher.config.num_labels,
             id2label=teacher.config.id2label,
