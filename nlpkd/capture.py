@@ -2,6 +2,7 @@
 
 Transformers' SDPA attention returns no attention weights, so the self-attention query and key projections of
 the mapped layers are recorded with forward hooks, and the pre-softmax scores Q·Kᵀ·scale are computed from them.
+The scale and whether the attention is causal are read from the attention module itself (`scaling`, `is_causal`).
 """
 
 import weakref
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,7 @@ class ProjectionNames:
     key: str
     value: str
     scaled: bool = True  # T5 adds no 1/√d to its scores
+    fused: bool = False  # one projection returns [Q; K; V] concatenated (GPT-2's c_attn)
 
 
 # How architectures name their self-attention projections; the first whose names a layer has wins.
@@ -26,7 +29,9 @@ PROJECTION_NAMES = (
     ProjectionNames("q_lin", "k_lin", "v_lin"),  # DistilBERT
     ProjectionNames("q_proj", "k_proj", "v_proj"),  # BART, Marian, mBART
     ProjectionNames("q", "k", "v", scaled=False),  # T5
+    ProjectionNames("c_attn", "c_attn", "c_attn", fused=True),  # GPT-2
 )
+PROJECTION_TYPES = (nn.Linear, Conv1D)
 CROSS_ATTENTION_PARTS = ("crossattention", "encoder_attn", "EncDecAttention")
 LAYER_LIST_NAMES = ("layer", "layers", "h", "block")
 
@@ -47,15 +52,28 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def find_query_key(layer: nn.Module, model_name: str) -> tuple[nn.Linear, nn.Linear, ProjectionNames]:
-    """The self-attention query and key projections inside one transformer layer."""
+@dataclass(frozen=True)
+class SelfAttention:
+    """The parts of one layer's self-attention that scores are computed from."""
+
+    query: nn.Module
+    key: nn.Module
+    names: ProjectionNames
+    scale: float | None  # None: 1/√head_dim (or 1 for unscaled architectures)
+    causal: bool
+
+
+def find_query_key(layer: nn.Module, model_name: str) -> SelfAttention:
+    """The self-attention query and key projections inside one transformer layer, with their scale and causality."""
     for path, module in layer.named_modules():
-        if any(part in path for part in CROSS_ATTENTION_PARTS):
+        if any(part in path for part in CROSS_ATTENTION_PARTS) or getattr(module, "is_cross_attention", False):
             continue
         for names in PROJECTION_NAMES:
             query, key = getattr(module, names.query, None), getattr(module, names.key, None)
-            if isinstance(query, nn.Linear) and isinstance(key, nn.Linear):
-                return query, key, names
+            if isinstance(query, PROJECTION_TYPES) and isinstance(key, PROJECTION_TYPES):
+                scale = getattr(module, "scaling", None)
+                causal = bool(getattr(module, "is_causal", False))
+                return SelfAttention(query, key, names, scale if isinstance(scale, float) else None, causal)
     known = ", ".join(f"{n.query}/{n.key}/{n.value}" for n in PROJECTION_NAMES)
     raise ValueError(
         f"Attention distillation does not know the self-attention projections of {model_name}: none of {known} "
@@ -71,14 +89,19 @@ class AttentionCapture:
         self.layers = sorted(set(layers))
         self._recording = False
         self._outputs: dict[tuple[int, str], torch.Tensor] = {}
-        self._scale: dict[int, bool] = {}
+        self._attention: dict[int, SelfAttention] = {}
         self._handles = []
         blocks = find_layers(model)
         for layer in self.layers:
-            query, key, names = find_query_key(blocks[layer - 1], type(model).__name__)
-            self._scale[layer] = names.scaled
-            self._handles.append(query.register_forward_hook(self._hook(layer, "query")))
-            self._handles.append(key.register_forward_hook(self._hook(layer, "key")))
+            attention = find_query_key(blocks[layer - 1], type(model).__name__)
+            self._attention[layer] = attention
+            if attention.names.fused:
+                self._handles.append(attention.query.register_forward_hook(self._hook(layer, "fused")))
+            else:
+                self._handles.append(attention.query.register_forward_hook(self._hook(layer, "query")))
+                self._handles.append(attention.key.register_forward_hook(self._hook(layer, "key")))
+        # Whether a query may attend to later keys: the attention losses mask future keys of causal models.
+        self.causal = any(attention.causal for attention in self._attention.values())
 
     def _hook(self, layer: int, role: str):
         # A weak reference: the hook must not keep its capture alive, so that `__del__` can remove the hooks.
@@ -103,15 +126,23 @@ class AttentionCapture:
 
     def scores(self, layer: int) -> torch.Tensor:
         """(B, H, T, T) fp32 pre-softmax scores of `layer`, without any attention mask added."""
-        if (layer, "query") not in self._outputs:
+        attention = self._attention.get(layer)
+        if attention is None:
+            raise RuntimeError(f"Layer {layer} is not captured; this capture holds layers {self.layers}.")
+        if attention.names.fused and (layer, "fused") in self._outputs:
+            query, key, _ = self._outputs[layer, "fused"].float().chunk(3, dim=-1)
+        elif (layer, "query") in self._outputs:
+            query, key = self._outputs[layer, "query"].float(), self._outputs[layer, "key"].float()
+        else:
             raise RuntimeError(f"No attention recorded for layer {layer}; run the model inside `recording()`.")
-        query, key = self._outputs[layer, "query"].float(), self._outputs[layer, "key"].float()
         batch, length, width = query.shape
         head_dim = width // self.num_heads
         query = query.view(batch, length, self.num_heads, head_dim).transpose(1, 2)  # (B, H, T, d)
         key = key.view(batch, key.shape[1], self.num_heads, head_dim).transpose(1, 2)
-        scores = query @ key.transpose(-1, -2)
-        return scores * head_dim**-0.5 if self._scale[layer] else scores
+        scale = attention.scale
+        if scale is None:
+            scale = head_dim**-0.5 if attention.names.scaled else 1.0
+        return (query @ key.transpose(-1, -2)) * scale
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of `values` over positions where `mask` is true; `mask` broadcasts against `values`."""
     if mask is None:
-        return values.mean()
+        return values.sum() / max(values.numel(), 1)  # an empty selection gives 0, not NaN
     mask = mask.to(values.dtype).expand_as(values)
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -62,21 +62,28 @@ def hidden_mse_loss(
 
 
 def attention_scores_mse_loss(
-    student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor | None = None
+    student_scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """TinyBERT's attention loss: MSE between pre-softmax scores Q·Kᵀ/√d over valid query–key pairs.
 
     Args:
         student_scores: (B, H, T, T) student scores.
         teacher_scores: (B, H, T, T) teacher scores, same head count.
-        mask: (B, T) attention mask; a pair (i, j) counts when tokens i and j are both real. None = all pairs.
+        mask: (B, T) attention mask; a pair (i, j) counts when tokens i and j are both real. None = all tokens.
+        causal: only pairs with key j <= query i count (the scores a causal model's softmax sees).
     """
     squared_error = (student_scores.float() - teacher_scores.float()).pow(2)
-    return _masked_mean(squared_error, None if mask is None else _pair_mask(mask))
+    return _masked_mean(squared_error, pair_mask(mask, squared_error.shape[-1], causal, squared_error.device))
 
 
 def attention_kl_loss(
-    student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor | None = None
+    student_scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """KL(teacher ‖ student) between attention distributions, per query row, over real keys.
 
@@ -84,13 +91,14 @@ def attention_kl_loss(
         student_scores: (B, Hs, T, T) student pre-softmax scores.
         teacher_scores: (B, Ht, T, T) teacher pre-softmax scores. When Hs ≠ Ht both sides are averaged over heads.
         mask: (B, T) attention mask: padded keys get no probability, padded query rows do not count.
+        causal: keys after the query get no probability either, as in a causal model's softmax.
     """
     student_scores, teacher_scores = student_scores.float(), teacher_scores.float()
-    if mask is not None:
+    if mask is not None or causal:
         # finfo.min rather than -inf: a row with no real key stays finite, and it is excluded below anyway.
-        key_padding = ~mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        student_scores = student_scores.masked_fill(key_padding, torch.finfo(torch.float32).min)
-        teacher_scores = teacher_scores.masked_fill(key_padding, torch.finfo(torch.float32).min)
+        hidden_keys = ~pair_mask(mask, student_scores.shape[-1], causal, student_scores.device)  # (B|1, 1, T, T)
+        student_scores = student_scores.masked_fill(hidden_keys, torch.finfo(torch.float32).min)
+        teacher_scores = teacher_scores.masked_fill(hidden_keys, torch.finfo(torch.float32).min)
     student_log_probs = F.log_softmax(student_scores, dim=-1)
     teacher_log_probs = F.log_softmax(teacher_scores, dim=-1)
     if student_scores.shape[1] != teacher_scores.shape[1]:
@@ -100,7 +108,16 @@ def attention_kl_loss(
     return _masked_mean(per_row, None if mask is None else mask.bool()[:, None, :])
 
 
-def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) token mask -> (B, 1, T, T) mask of query–key pairs whose tokens are both real."""
-    mask = mask.bool()
-    return (mask[:, :, None] & mask[:, None, :])[:, None]
+def pair_mask(
+    mask: torch.Tensor | None, length: int, causal: bool = False, device: torch.device | None = None
+) -> torch.Tensor | None:
+    """(B, T) token mask -> (B, 1, T, T) mask of the query–key pairs whose tokens are both real and, when `causal`,
+    whose key is not after the query. None when every pair counts."""
+    pairs = None
+    if mask is not None:
+        mask = mask.bool()
+        pairs = (mask[:, :, None] & mask[:, None, :])[:, None]
+    if causal:
+        lower = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+        pairs = lower if pairs is None else pairs & lower
+    return pairs

@@ -102,7 +102,7 @@ def test_scores_only_exist_for_a_recording():
         model(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK)  # a later forward outside does not overwrite it
     torch.testing.assert_close(capture.scores(2), first, rtol=0, atol=0)
 
-    with pytest.raises(RuntimeError, match="No attention recorded for layer 1"):
+    with pytest.raises(RuntimeError, match=r"Layer 1 is not captured; this capture holds layers \[2\]"):
         capture.scores(1)  # not a captured layer
 
     with torch.no_grad(), capture.recording(enabled=False):
@@ -186,10 +186,11 @@ class _DecoderBlock(nn.Module):
 
 def test_cross_attention_is_skipped():
     block = _DecoderBlock()
-    query, key, names = find_query_key(block, "TinyDecoder")
-    assert query is block.attention.query
-    assert key is block.attention.key
-    assert names.query == "query" and names.scaled
+    attention = find_query_key(block, "TinyDecoder")
+    assert attention.query is block.attention.query
+    assert attention.key is block.attention.key
+    assert attention.names.query == "query" and attention.names.scaled
+    assert not attention.causal
 
 
 def test_hooks_go_away_with_their_capture():

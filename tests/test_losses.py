@@ -313,3 +313,37 @@ def test_bf16_inputs_are_computed_in_fp32(logits, scores, token_mask):
         loss = loss_fn(student_scores, teacher_scores, token_mask)
         assert loss.dtype == torch.float32
         assert loss.item() == loss_fn(student_scores.float(), teacher_scores.float(), token_mask).item()
+
+
+# ---- causal attention ----
+
+
+@pytest.mark.parametrize("loss", [attention_scores_mse_loss, attention_kl_loss], ids=["mse", "kl"])
+def test_causal_attention_losses_ignore_future_keys(loss):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 5, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    future = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    changed = student.masked_fill(future, 1e4)  # wildly different scores on keys after the query
+    torch.testing.assert_close(loss(changed, teacher, mask, causal=True), loss(student, teacher, mask, causal=True))
+    assert not torch.allclose(loss(changed, teacher, mask), loss(student, teacher, mask))
+
+
+def test_causal_attention_mse_averages_over_past_and_present_pairs_only():
+    student, teacher = torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 3, 3)
+    teacher[..., 0, 0] = 3.0  # pair (0, 0): squared error 9; the other 5 counted pairs: 1 each
+    mask = torch.ones(1, 3)
+    assert attention_scores_mse_loss(student, teacher, mask, causal=True).item() == pytest.approx((9 + 5) / 6)
+    assert attention_scores_mse_loss(student, teacher, None, causal=True).item() == pytest.approx((9 + 5) / 6)
+
+
+def test_causal_attention_kl_matches_a_hand_computation_on_the_lower_triangle():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4)
+    expected = []
+    for row in range(4):
+        p = teacher[..., row, : row + 1].softmax(-1)
+        q = student[..., row, : row + 1].softmax(-1)
+        expected.append((p * (p.log() - q.log())).sum(-1))
+    expected = torch.stack(expected, -1).mean()
+    torch.testing.assert_close(attention_kl_loss(student, teacher, None, causal=True), expected)
