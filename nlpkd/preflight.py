@@ -6,6 +6,7 @@ from transformers import PreTrainedModel
 
 from .arguments import DistillationArguments
 from .layer_map import resolve_layer_map
+from .positions import is_bare_model
 
 logger = logging.getLogger(__name__)
 
@@ -13,7 +14,9 @@ logger = logging.getLogger(__name__)
 def head_type(model: PreTrainedModel) -> str:
     """The task head a model class carries: `BertForSequenceClassification` -> `ForSequenceClassification`."""
     name = type(model).__name__
-    return name[name.index("For") :] if "For" in name else "(no task head)"
+    if "For" in name:
+        return name[name.index("For") :]
+    return "LMHeadModel" if name.endswith("LMHeadModel") else "(no task head)"
 
 
 def _is_default_label_names(id2label: dict) -> bool:
@@ -25,6 +28,15 @@ def check_teacher_student(
 ) -> list[int]:
     """Validate the pair against `args`; return the resolved layer map (student layer m -> teacher layer)."""
     t_config, s_config = teacher.config, student.config
+    if is_bare_model(student):
+        for name in ("hard_label_weight", "logit_weight"):
+            if getattr(args, name) > 0:
+                raise ValueError(
+                    f"{name}={getattr(args, name)}, but the student {type(student).__name__} is a bare model with no "
+                    "task head, so it has no labels loss and no logits. For general distillation set "
+                    "hard_label_weight=0 and logit_weight=0 and use hidden_weight/attention_weight; otherwise load "
+                    "the student with a task head (e.g. AutoModelForMaskedLM)."
+                )
     if args.logit_weight > 0 and head_type(teacher) != head_type(student):
         raise ValueError(
             f"Logit distillation needs the same task head on both models: teacher {type(teacher).__name__} "

@@ -9,6 +9,8 @@ from .capture import find_layers
 from .layer_map import uniform_layer_map
 
 STUDENT_INITS = ("random", "teacher_layers")
+# Config fields under other names: GPT-2 calls the FFN width n_inner, DistilBERT hidden_dim.
+CONFIG_ALIASES = {"intermediate_size": ("intermediate_size", "n_inner", "hidden_dim")}
 
 
 def make_student(
@@ -39,9 +41,10 @@ def make_student(
         "intermediate_size": intermediate_size,
     }
     for name, value in shape.items():
-        if not hasattr(config, name):
+        field = next((alias for alias in CONFIG_ALIASES.get(name, (name,)) if hasattr(config, alias)), None)
+        if field is None:
             raise ValueError(f"{type(config).__name__} has no `{name}`; make_student cannot shape this student.")
-        setattr(config, name, value)
+        setattr(config, field, value)
     config.architectures = [type(teacher).__name__]
     config._name_or_path = ""
     student = type(teacher)(config)
@@ -52,9 +55,9 @@ def make_student(
 
 def _copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel) -> None:
     mismatched = [
-        f"{name} {getattr(student.config, name)} vs teacher {getattr(teacher.config, name)}"
-        for name in ("hidden_size", "intermediate_size")
-        if getattr(student.config, name) != getattr(teacher.config, name)
+        f"{name} {getattr(student.config, name, None)} vs teacher {getattr(teacher.config, name, None)}"
+        for name in ("hidden_size", "intermediate_size", "n_inner")
+        if getattr(student.config, name, None) != getattr(teacher.config, name, None)
     ]
     if mismatched:
         raise ValueError(

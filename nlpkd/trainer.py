@@ -14,6 +14,7 @@ from transformers.utils import can_return_loss, find_labels
 from .arguments import DistillationArguments
 from .capture import AttentionCapture
 from .losses import attention_kl_loss, attention_scores_mse_loss, hidden_mse_loss, logit_kd_loss
+from .positions import COUNT_OF_LOSS, IGNORE_INDEX, batch_counts, logit_level, logit_mask
 from .preflight import check_teacher_student
 
 PROJECTIONS_NAME = "distillation_projections.safetensors"
@@ -44,10 +45,11 @@ class DistillationModel(nn.Module):
         self.main_input_name = student.main_input_name
 
     def forward(self, project_hidden_states: bool = False, **inputs):
-        """Run the student; with `project_hidden_states`, also return its hidden states at the teacher's width."""
+        """Run the student and return its outputs, as the student would (so `Trainer.predict` works unchanged);
+        with `project_hidden_states`, return (outputs, its hidden states at the teacher's width)."""
         outputs = self.student(**inputs, output_hidden_states=project_hidden_states)
         if not project_hidden_states:
-            return outputs, None
+            return outputs
         projected = tuple(
             project(hidden) for project, hidden in zip(self.projections, outputs.hidden_states, strict=True)
         )
@@ -95,8 +97,11 @@ class DistillationTrainer(Trainer):
         # The Trainer inspected the wrapper; labels and loss behaviour are the student's.
         if args.label_names is None:
             self.label_names = find_labels(type(model))
-        self.can_return_loss = can_return_loss(type(model))
-        self.loss_is_scaled_for_ga = False  # our losses are per-batch means: the Trainer divides by GA steps
+        # A bare student has no labels; its evaluation loss is then the distillation loss.
+        self.can_return_loss = can_return_loss(type(model)) or not self.label_names
+        # compute_loss scales each loss to its share of the optimizer step (see `_normalisers`).
+        self.loss_is_scaled_for_ga = True
+        self.logit_level = logit_level(model)
 
         self.teacher = None
         if args.needs_teacher:
@@ -106,8 +111,13 @@ class DistillationTrainer(Trainer):
         if args.attention_weight > 0:
             self.student_attention = AttentionCapture(model, list(range(1, len(self.layer_map) + 1)))
             self.teacher_attention = AttentionCapture(teacher_model, self.layer_map)
+        self._causal_attention = self.student_attention is not None and self.student_attention.causal
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
+        self._eval_component_sums: dict[str, torch.Tensor] = {}
+        self._eval_component_steps = 0
+        self._window_counts: dict[str, torch.Tensor] | None = None
+        self._window_processes = 1
         self._saving_checkpoint = False
 
     @property
@@ -115,28 +125,84 @@ class DistillationTrainer(Trainer):
         return self.accelerator.unwrap_model(self.model).student
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not model.training:
-            outputs, _ = model(**inputs)
+        if not model.training and self._has_labels(inputs):
+            # Evaluation of a student with a task: its own loss on the labels.
+            outputs = model(**inputs)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
+        outputs, losses = self._distillation_losses(model, inputs)
+        weights = {name: getattr(self.args, LOSS_WEIGHT_FIELDS[name]) for name in losses}
+        if model.training:
+            scales = self._normalisers(inputs)
+            loss = sum(weights[name] * value * scales[name] for name, value in losses.items())
+        else:
+            # Evaluation of a bare student (general distillation): the distillation loss itself.
+            loss = sum(weights[name] * value for name, value in losses.items())
+        sums = self._component_sums if model.training else self._eval_component_sums
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value.detach()
+        if model.training:
+            self._component_steps += 1
+        else:
+            self._eval_component_steps += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def _has_labels(self, inputs) -> bool:
+        return bool(self.label_names) and all(inputs.get(name) is not None for name in self.label_names)
+
+    def _distillation_losses(self, model, inputs) -> tuple:
         args = self.args
         features = {name: value for name, value in inputs.items() if name not in self.label_names}
+        student_inputs = inputs if args.hard_label_weight > 0 else features
         with _recording(self.student_attention):
-            outputs, student_hidden = model(
-                **(inputs if args.hard_label_weight > 0 else features), project_hidden_states=args.hidden_weight > 0
-            )
+            if args.hidden_weight > 0:
+                outputs, student_hidden = model(**student_inputs, project_hidden_states=True)
+            else:
+                outputs, student_hidden = model(**student_inputs), None
         teacher_outputs = None
         if self.teacher is not None:
             with torch.no_grad(), _recording(self.teacher_attention):
                 teacher_outputs = self.teacher(**features, output_hidden_states=args.hidden_weight > 0)
-        losses = self._component_losses(inputs.get("attention_mask"), outputs, student_hidden, teacher_outputs)
-        loss = sum(getattr(args, LOSS_WEIGHT_FIELDS[name]) * value for name, value in losses.items())
-        for name, value in losses.items():
-            self._component_sums[name] = self._component_sums.get(name, 0.0) + value.detach()
-        self._component_steps += 1
-        return (loss, outputs) if return_outputs else loss
+        return outputs, self._component_losses(inputs, outputs, student_hidden, teacher_outputs)
 
-    def _component_losses(self, attention_mask, outputs, student_hidden, teacher_outputs) -> dict[str, torch.Tensor]:
+    def _normalisers(self, inputs) -> dict[str, torch.Tensor]:
+        """Per component, (positions in this micro-batch) / (positions in the optimizer step) × processes.
+
+        A per-micro-batch mean times this factor is that micro-batch's share of the mean over the whole step, so
+        gradient accumulation and uneven lengths across micro-batches and processes give one big batch's gradients.
+        """
+        local = batch_counts(inputs, self.logit_level, self._causal_attention)
+        window, processes = self._window_counts, self._window_processes
+        if window is None:  # called outside the training loop: the plain per-batch means
+            window, processes = local, 1
+        scales = {}
+        for name in LOSS_WEIGHT_FIELDS:
+            count = COUNT_OF_LOSS.get(name, "pairs" if self.args.attention_loss == "mse" else "tokens")
+            scales[name] = local[count] / window[count].clamp(min=1.0) * processes
+        return scales
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._window_counts = None  # a later compute_loss outside training uses its own batch's counts
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window_counts, self._window_processes = None, 1
+        if batch_samples:
+            per_batch = [batch_counts(batch, self.logit_level, self._causal_attention) for batch in batch_samples]
+            names = list(per_batch[0])
+            totals = torch.stack([sum(counts[name] for counts in per_batch) for name in names]).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                totals = self.accelerator.gather(totals).view(-1, len(names)).sum(0)
+                # DDP averages gradients over processes; multiplying by their number makes that a sum.
+                self._window_processes = self.accelerator.num_processes
+            self._window_counts = dict(zip(names, totals, strict=True))
+        return batch_samples, num_items_in_batch
+
+    def _component_losses(self, inputs, outputs, student_hidden, teacher_outputs) -> dict[str, torch.Tensor]:
         args = self.args
+        attention_mask = inputs.get("attention_mask")
         losses = {}
         if args.hard_label_weight > 0:
             if outputs.loss is None:
@@ -144,19 +210,11 @@ class DistillationTrainer(Trainer):
                     f"hard_label_weight={args.hard_label_weight} but the student returned no loss: the batch has no "
                     f"{self.label_names}. Add labels to the dataset, or set hard_label_weight=0."
                 )
-            losses["hard_loss"] = outputs.loss
+            # A micro-batch whose labels are all ignored gives NaN from a mean loss; it holds no label to learn.
+            no_labels = self.logit_level != "sequence" and not bool((inputs["labels"] != IGNORE_INDEX).any())
+            losses["hard_loss"] = outputs.logits.sum() * 0.0 if no_labels else outputs.loss
         if args.logit_weight > 0:
-            # Per-token logits (B, T, C) of an encoder leave out padding; per-sequence logits (B, C) need no mask.
-            logit_mask = None
-            if (
-                attention_mask is not None
-                and outputs.logits.shape[:-1] == attention_mask.shape
-                and not self.student.config.is_encoder_decoder
-            ):
-                logit_mask = attention_mask.bool()
-            losses["logit_loss"] = logit_kd_loss(
-                outputs.logits, teacher_outputs.logits, args.temperature, args.logit_loss, mask=logit_mask
-            )
+            losses["logit_loss"] = self._logit_loss(inputs, outputs.logits, teacher_outputs.logits)
         if args.hidden_weight > 0:
             teacher_layers = [0, *self.layer_map]  # the embeddings map 0 -> 0
             losses["hidden_loss"] = torch.stack(
@@ -173,11 +231,27 @@ class DistillationTrainer(Trainer):
                         self.student_attention.scores(student_layer),
                         self.teacher_attention.scores(teacher_layer),
                         attention_mask,
+                        causal=self._causal_attention,
                     )
                     for student_layer, teacher_layer in enumerate(self.layer_map, start=1)
                 ]
             ).mean()
         return losses
+
+    def _logit_loss(self, inputs, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Logit KD over the positions that carry a prediction: per sequence, per labelled token, or per next token."""
+        if self.logit_level == "causal":  # logits at i predict token i+1: the last position predicts nothing
+            student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
+        mask = logit_mask(inputs, self.logit_level)
+        if mask is not None:
+            if mask.shape != student_logits.shape[:-1]:
+                raise ValueError(
+                    f"Cannot line up logits {tuple(student_logits.shape)} with labels/mask {tuple(mask.shape)} "
+                    f"for {type(self.student).__name__} ({self.logit_level}-level logits)."
+                )
+            # Only the counted positions go through the softmax: for a masked LM that is ~15 % of them.
+            student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
+        return logit_kd_loss(student_logits, teacher_logits, self.args.temperature, self.args.logit_loss)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs (they carry "loss") get the mean of each component since the previous log.
@@ -186,6 +260,23 @@ class DistillationTrainer(Trainer):
                 logs[name] = nested_gather(total / self._component_steps, self.args.parallel_mode).mean().item()
             self._component_sums, self._component_steps = {}, 0
         super().log(logs, start_time)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        self._eval_component_sums, self._eval_component_steps = {}, 0
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+        # A bare student is evaluated on the distillation losses; each is reported next to eval_loss.
+        for name, total in self._eval_component_sums.items():
+            mean = total / max(self._eval_component_steps, 1)
+            output.metrics[f"{metric_key_prefix}_{name}"] = nested_gather(mean, self.args.parallel_mode).mean().item()
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # A bare student has no predictions worth gathering (only hidden states): evaluate its loss alone.
+        return super().prediction_step(model, inputs, prediction_loss_only or not self.label_names, ignore_keys)
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:

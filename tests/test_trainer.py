@@ -549,8 +549,9 @@ def _equal_length_dataset(num_rows: int):
     [
         (dict(hard_label_weight=0.5, logit_weight=0.5), make_classification_dataset),
         (ALL_LOSSES, _equal_length_dataset),
+        (ALL_LOSSES, make_classification_dataset),
     ],
-    ids=["hard_and_logit_ragged", "all_losses_equal_length"],
+    ids=["hard_and_logit_ragged", "all_losses_equal_length", "all_losses_ragged"],
 )
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, weights, dataset_builder):
     teacher = make_teacher(**NO_DROPOUT)
@@ -575,3 +576,15 @@ def test_bf16_autocast_training_runs_with_finite_losses(tmp_path, teacher, stude
         for name in ("loss", "hard_loss", "logit_loss", "hidden_loss", "attention_loss"):
             assert torch.isfinite(torch.tensor(entry[name])) and entry[name] > 0, (name, entry)
     assert next(student.parameters()).dtype == torch.float32
+
+
+def test_predict_on_unlabelled_data_returns_the_students_logits(tmp_path, teacher, student):
+    trainer = make_trainer(tmp_path, teacher, student, max_steps=1, **ALL_LOSSES)
+    trainer.train()
+    unlabelled = make_classification_dataset(num_rows=6).remove_columns("labels")
+    predictions = trainer.predict(unlabelled).predictions
+    batch = PadCollator()([unlabelled[i] for i in range(6)])
+    student.eval()
+    with torch.no_grad():
+        expected = student(**batch).logits
+    torch.testing.assert_close(torch.as_tensor(predictions), expected, rtol=1e-5, atol=1e-6)

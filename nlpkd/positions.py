@@ -1,0 +1,112 @@
+"""Which positions each loss averages over, and how many of them a batch holds.
+
+The trainer divides every loss by its count over the whole optimizer step (all gradient-accumulation micro-batches
+and, with `average_tokens_across_devices`, all processes), so that accumulating micro-batches of uneven lengths
+gives the gradients of one big batch.
+"""
+
+import torch
+from transformers import PreTrainedModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_MAPPING_NAMES,
+)
+
+from .losses import pair_mask
+
+IGNORE_INDEX = -100
+# Which count normalises which loss (attention_loss: "pairs" for score MSE, "tokens" for the per-row KL).
+COUNT_OF_LOSS = {"hard_loss": "labels", "logit_loss": "logits", "hidden_loss": "tokens"}
+
+
+def _class_names(mapping) -> set[str]:
+    names = set()
+    for value in mapping.values():
+        names.update(value if isinstance(value, (list, tuple)) else [value])
+    return names
+
+
+CAUSAL_LM_CLASSES = _class_names(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+TOKEN_LEVEL_CLASSES = _class_names(MODEL_FOR_MASKED_LM_MAPPING_NAMES) | _class_names(
+    MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
+)
+SEQ2SEQ_LM_CLASSES = _class_names(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+BARE_MODEL_CLASSES = _class_names(MODEL_MAPPING_NAMES)
+
+
+def logit_level(model: PreTrainedModel) -> str:
+    """How a model's logits line up with its labels.
+
+    `causal`: logits at position i predict token i+1 (causal LM heads; the model's own loss shifts the labels).
+    `token`: one prediction per position, aligned with the labels (masked LM, token classification, seq2seq LM).
+    `sequence`: one prediction per sequence (classification, regression).
+    """
+    name = type(model).__name__
+    if name in SEQ2SEQ_LM_CLASSES:
+        return "token"
+    if name in CAUSAL_LM_CLASSES:
+        return "causal"
+    if name in TOKEN_LEVEL_CLASSES:
+        return "token"
+    return "sequence"
+
+
+def is_bare_model(model: PreTrainedModel) -> bool:
+    """A base model with no task head (e.g. `BertModel`): no labels loss and no logits to distil."""
+    return type(model).__name__ in BARE_MODEL_CLASSES
+
+
+def logit_mask(inputs: dict, level: str) -> torch.Tensor | None:
+    """Boolean mask of the distilled logit positions (for `causal`, over logits[:, :-1]); None = every position.
+
+    Positions with a label count (label != -100, the next token's label for `causal`); without labels, every real
+    token does.
+    """
+    if level == "sequence":
+        return None
+    labels = inputs.get("labels")
+    if level == "causal":
+        if labels is not None:
+            return labels[:, 1:] != IGNORE_INDEX
+        mask = inputs.get("attention_mask")
+        return None if mask is None else mask[:, 1:].bool()
+    if labels is not None:
+        return labels != IGNORE_INDEX
+    mask = inputs.get("decoder_attention_mask" if "decoder_input_ids" in inputs else "attention_mask")
+    return None if mask is None else mask.bool()
+
+
+def batch_counts(inputs: dict, level: str, causal_attention: bool) -> dict[str, torch.Tensor]:
+    """How many positions each loss averages over in this batch.
+
+    `labels`: the predictions the student's own loss averages (next-token labels for causal LMs), `logits`: the
+    distilled logit positions, `tokens`: real tokens (hidden states, attention rows), `pairs`: real query–key pairs.
+    """
+    reference = inputs.get("input_ids", inputs.get("inputs_embeds"))
+    batch, length = reference.shape[:2]
+    device = reference.device
+    attention_mask = inputs.get("attention_mask")
+    labels = inputs.get("labels")
+
+    counts = {}
+    if labels is None:
+        counts["labels"] = torch.tensor(0, device=device)
+    else:
+        counted = labels[..., 1:] if level == "causal" else labels
+        counts["labels"] = (counted != IGNORE_INDEX).sum()
+    logits = logit_mask(inputs, level)
+    if logits is not None:
+        counts["logits"] = logits.sum()
+    elif level == "sequence":
+        counts["logits"] = torch.tensor(batch, device=device)
+    else:
+        target = inputs.get("decoder_input_ids", reference)
+        positions = target.shape[1] - (1 if level == "causal" else 0)
+        counts["logits"] = torch.tensor(batch * positions, device=device)
+    tokens = torch.ones(batch, length, device=device) if attention_mask is None else attention_mask
+    counts["tokens"] = tokens.sum()
+    counts["pairs"] = pair_mask(tokens, length, causal_attention, device).sum()
+    return {name: count.to(device=device, dtype=torch.float32) for name, count in counts.items()}
