@@ -1,7 +1,6 @@
 """Text-classification stages: tokenise, get a fine-tuned teacher, evaluate teacher/student/baseline."""
 
 import logging
-import os
 
 import numpy as np
 import torch
@@ -11,13 +10,12 @@ from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     PreTrainedModel,
-    Trainer,
     TrainingArguments,
 )
 
 from . import report
 from .metrics import load_metric
-from .pipeline import fingerprint, has_trained_head, plain_training_args
+from .pipeline import finetune_teacher_once, fingerprint, has_trained_head
 from .recipe_args import TeacherArguments
 
 logger = logging.getLogger(__name__)
@@ -79,43 +77,18 @@ def prepare_teacher(
                 f"but the data has {names}. Pass --finetune_teacher to train a new head on this data."
             )
         return teacher
-    settings = (
+    return finetune_teacher_once(
+        AutoModelForSequenceClassification,
         teacher_path,
-        data_digest(data),
-        teacher_args.teacher_num_train_epochs,
-        teacher_args.teacher_learning_rate,
-        args.per_device_train_batch_size,
-        max_seq_length,
-        args.seed,
+        ("sequence-classification", data_digest(data), max_seq_length),
+        teacher_args,
+        args,
+        tokenized["train"],
+        DataCollatorWithPadding(tokenizer),
+        tokenizer,
+        ignore_mismatched_sizes=True,
+        **labels,
     )
-    cache_dir = os.path.join(
-        teacher_args.teacher_cache_dir, f"{os.path.basename(teacher_path.rstrip('/'))}-{fingerprint(*settings)}"
-    )
-    if os.path.isfile(os.path.join(cache_dir, "config.json")):
-        logger.info("Loading the fine-tuned teacher from %s", cache_dir)
-        return AutoModelForSequenceClassification.from_pretrained(cache_dir)
-    logger.info("Fine-tuning the teacher %s; it will be kept in %s", teacher_path, cache_dir)
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path, ignore_mismatched_sizes=True, **labels)
-    trainer = Trainer(
-        model=teacher,
-        args=plain_training_args(
-            args,
-            output_dir=os.path.join(cache_dir, "run"),
-            num_train_epochs=teacher_args.teacher_num_train_epochs,
-            learning_rate=teacher_args.teacher_learning_rate,
-            max_steps=-1 if args.max_steps <= 0 else args.max_steps,
-            save_strategy="no",
-            eval_strategy="no",
-            load_best_model_at_end=False,
-            push_to_hub=False,
-        ),
-        train_dataset=tokenized["train"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-    )
-    trainer.train()
-    trainer.save_model(cache_dir)
-    return teacher
 
 
 @torch.inference_mode()
@@ -136,9 +109,6 @@ def evaluate_classifier(model: PreTrainedModel, tokenizer, tokenized_test, test_
     return {
         **quality,
         "accuracy_ci": report.accuracy_confidence_interval(quality["accuracy"], len(references)),
-        "params": report.count_parameters(model),
-        "size_mb": report.model_size_mb(model),
-        "latency_ms_b1": report.measure_latency(model, tokenizer, [typical_text], 1, max_length, warmup=3, repeats=30),
-        "throughput_b32": report.throughput(model, tokenizer, test_texts, 32, max_length, repeats=10),
+        **report.inference_cost(model, tokenizer, typical_text, test_texts, max_length),
         "num_test_examples": len(references),
     }

@@ -11,6 +11,21 @@ from transformers import HfArgumentParser
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
+def peek_argument(argv: list[str] | None, name: str, default: str) -> str:
+    """The value of `--name` in `argv` (flags, or a single config file) before full parsing, e.g. to choose the
+    defaults that depend on it; `default` when absent."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES) and Path(argv[0]).is_file():
+        values = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
+        return str(values.get(name, default)) if isinstance(values, dict) else default
+    for index, token in enumerate(argv):
+        if token == f"--{name}" and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(f"--{name}="):
+            return token.split("=", 1)[1]
+    return default
+
+
 def parse_recipe_args(
     dataclass_types: tuple[type, ...], defaults: dict[str, Any], argv: list[str] | None = None
 ) -> tuple:

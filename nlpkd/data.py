@@ -101,12 +101,12 @@ def _hub_columns(
 
 def _file_columns(path: str, field: str, text_column: str, label_column: str) -> tuple[list, list]:
     source = f"{field}={path!r}"
-    table = _read_table(Path(path), source)
+    table = read_table(Path(path), source)
     _check_columns(list(table.columns), text_column, label_column, source)
     return _texts(table[text_column].tolist(), text_column, source), table[label_column].tolist()
 
 
-def _read_table(path: Path, source: str) -> pd.DataFrame:
+def read_table(path: Path, source: str) -> pd.DataFrame:
     if not path.is_file():
         raise ValueError(f"{source} does not exist.")
     suffix = path.suffix.lower()

@@ -3,12 +3,15 @@
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 
-from transformers import AutoConfig, PreTrainedModel, TrainingArguments
+from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 
-from .recipe_args import StudentArguments
+from .recipe_args import StudentArguments, TeacherArguments
 from .student import make_student
+
+logger = logging.getLogger(__name__)
 
 
 def plain_training_args(args: TrainingArguments, **changes) -> TrainingArguments:
@@ -28,6 +31,56 @@ def has_trained_head(model_name_or_path: str, head: str) -> bool:
     """Whether the checkpoint was saved from a model with this task head (e.g. `ForSequenceClassification`)."""
     architectures = AutoConfig.from_pretrained(model_name_or_path).architectures or []
     return any(name.endswith(head) for name in architectures)
+
+
+def finetune_teacher_once(
+    auto_class,
+    teacher_path: str,
+    cache_key: tuple,
+    teacher_args: TeacherArguments,
+    args: TrainingArguments,
+    train_dataset,
+    data_collator,
+    tokenizer,
+    **model_kwargs,
+) -> PreTrainedModel:
+    """Fine-tune `teacher_path` as `auto_class` on `train_dataset`, once: the result is kept under
+    `teacher_cache_dir/<name>-<hash of cache_key and the teacher settings>` and loaded from there by later runs."""
+    settings = (
+        teacher_path,
+        *cache_key,
+        teacher_args.teacher_num_train_epochs,
+        teacher_args.teacher_learning_rate,
+        args.per_device_train_batch_size,
+        args.seed,
+    )
+    name = os.path.basename(teacher_path.rstrip("/"))
+    cache_dir = os.path.join(teacher_args.teacher_cache_dir, f"{name}-{fingerprint(*settings)}")
+    if os.path.isfile(os.path.join(cache_dir, "config.json")):
+        logger.info("Loading the fine-tuned teacher from %s", cache_dir)
+        return auto_class.from_pretrained(cache_dir)
+    logger.info("Fine-tuning the teacher %s; it will be kept in %s", teacher_path, cache_dir)
+    teacher = auto_class.from_pretrained(teacher_path, **model_kwargs)
+    trainer = Trainer(
+        model=teacher,
+        args=plain_training_args(
+            args,
+            output_dir=os.path.join(cache_dir, "run"),
+            num_train_epochs=teacher_args.teacher_num_train_epochs,
+            learning_rate=teacher_args.teacher_learning_rate,
+            max_steps=-1 if args.max_steps <= 0 else args.max_steps,
+            save_strategy="no",
+            eval_strategy="no",
+            load_best_model_at_end=False,
+            push_to_hub=False,
+        ),
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+    )
+    trainer.train()
+    trainer.save_model(cache_dir)
+    return teacher.eval()
 
 
 def build_student(teacher: PreTrainedModel, student_args: StudentArguments, auto_class) -> PreTrainedModel:

@@ -8,6 +8,7 @@ import torch
 
 # (results key, column header, scale, decimals)
 COLUMNS = (
+    ("perplexity", "perplexity", 1, 2),
     ("accuracy", "accuracy %", 100, 1),
     ("f1", "f1 %", 100, 1),
     ("params", "params M", 1e-6, 2),
@@ -15,6 +16,7 @@ COLUMNS = (
     ("latency_ms_b1", "latency b1 ms", 1, 1),
     ("throughput_b32", "throughput b32 /s", 1, 1),
 )
+QUALITY_KEYS = ("perplexity", "accuracy", "f1")
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -80,6 +82,16 @@ def throughput(
     return batch_size * 1000 / measure_latency(model, tokenizer, texts, batch_size, max_length, warmup, repeats)
 
 
+def inference_cost(model: torch.nn.Module, tokenizer, typical_text: str, texts: list[str], max_length: int) -> dict:
+    """Parameters, weight megabytes, batch-1 latency on `typical_text` and batch-32 throughput over `texts`."""
+    return {
+        "params": count_parameters(model),
+        "size_mb": model_size_mb(model),
+        "latency_ms_b1": measure_latency(model, tokenizer, [typical_text], 1, max_length, warmup=3, repeats=30),
+        "throughput_b32": throughput(model, tokenizer, texts, 32, max_length, repeats=10),
+    }
+
+
 def accuracy_confidence_interval(accuracy: float, n: int, z: float = 1.96) -> float:
     """Half-width of the normal-approximation confidence interval (95 % for z=1.96) of an accuracy on n examples."""
     if not 0 <= accuracy <= 1 or n < 1:
@@ -95,9 +107,11 @@ def format_results_table(results: dict) -> str:
     entries that are not dicts (such as "retention") are skipped and missing values show as "-".
     """
     models = {name: entry for name, entry in results.items() if isinstance(entry, dict)}
-    rows = [["model", *(header for _, header, _, _ in COLUMNS)]]
+    # Quality columns appear when some model has them (accuracy for classifiers, perplexity for LMs).
+    columns = [c for c in COLUMNS if c[0] not in QUALITY_KEYS or any(c[0] in entry for entry in models.values())]
+    rows = [["model", *(header for _, header, _, _ in columns)]]
     for name, entry in models.items():
-        rows.append([name, *(_format_cell(entry, key, scale, decimals) for key, _, scale, decimals in COLUMNS)])
+        rows.append([name, *(_format_cell(entry, key, scale, decimals) for key, _, scale, decimals in columns)])
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     teacher = models.get("teacher", {})

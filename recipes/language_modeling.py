@@ -1,0 +1,262 @@
+"""Distil a language model (masked or causal), or run TinyBERT's general distillation of a bare encoder.
+
+    python recipes/language_modeling.py --objective mlm      # embedded default: MiniLM teacher, movie dialogs
+    python recipes/language_modeling.py --objective clm      # MiniLM adapted into a causal LM, then distilled
+    python recipes/language_modeling.py --objective general  # hidden states + attention into a TinyBERT4 body
+    python recipes/language_modeling.py --objective mlm --train_file corpus.txt --block_size 256
+
+`mlm` and `clm` give the teacher a trained LM head first when its checkpoint has none (fine-tuned once, then
+reused), distil a student, train a no-KD baseline and report perplexity for all three. `general` distils a bare
+student body whose checkpoint initialises the classification recipe's student:
+
+    python recipes/text_classification.py --student_model_name_or_path outputs/language_modeling/general
+"""
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    Trainer,
+    set_seed,
+)
+
+from nlpkd import DistillationArguments, DistillationTrainer
+from nlpkd.assets import minilm_path
+from nlpkd.cli import parse_recipe_args, peek_argument
+from nlpkd.language_modeling import (
+    LanguageModelingCollator,
+    load_text_corpus,
+    perplexity,
+    tokenize_blocks,
+    with_fixed_labels,
+)
+from nlpkd.pipeline import (
+    build_student,
+    finetune_teacher_once,
+    fingerprint,
+    has_trained_head,
+    plain_training_args,
+    write_results,
+)
+from nlpkd.recipe_args import StudentArguments, TeacherArguments
+from nlpkd.report import format_results_table, inference_cost
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("mlm", "clm", "general")
+# The embedded default's settings; a config file or flags override them.
+COMMON_DEFAULTS = dict(
+    num_train_epochs=1,
+    learning_rate=2e-4,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    warmup_steps=0.1,
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=1,
+    logging_steps=25,
+    report_to="none",
+    disable_tqdm=True,
+    teacher_num_train_epochs=1.0,
+    teacher_learning_rate=1e-4,
+)
+OBJECTIVE_DEFAULTS = {
+    # TinyBERT's full loss set on the LM head's predictions.
+    "mlm": dict(hard_label_weight=0.5, logit_weight=0.5, hidden_weight=1.0, attention_weight=1.0),
+    "clm": dict(hard_label_weight=0.5, logit_weight=0.5, hidden_weight=1.0, attention_weight=1.0),
+    # TinyBERT's general distillation: embeddings, hidden states and attention only, over the whole corpus.
+    "general": dict(
+        hard_label_weight=0.0,
+        logit_weight=0.0,
+        hidden_weight=1.0,
+        attention_weight=1.0,
+        num_train_epochs=1.5,  # ~500 steps: about 27 minutes on 2 CPU cores
+        max_train_samples=None,
+    ),
+}
+AUTO_CLASSES = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM, "general": AutoModel}
+TRAINED_HEADS = {"mlm": ("ForMaskedLM",), "clm": ("ForCausalLM", "LMHeadModel")}
+
+
+@dataclass
+class DataArguments:
+    objective: Literal["mlm", "clm", "general"] = field(
+        default="mlm",
+        metadata={"help": "'mlm' (masked LM), 'clm' (causal LM) or 'general' (bare encoder).", "choices": OBJECTIVES},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A hub dataset name or a local dataset folder."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "A local .txt (one text a line), .csv, .tsv, .json or .jsonl training file."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "A local validation file."})
+    text_column: str = field(default="text", metadata={"help": "The column holding the text (not for .txt)."})
+    validation_fraction: float = field(
+        default=0.05, metadata={"help": "Share of train held out (fixed seed) when there is no validation split."}
+    )
+    block_size: int = field(default=128, metadata={"help": "Texts are concatenated and cut into blocks this long."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for 'mlm'."})
+    max_train_samples: int | None = field(default=3200, metadata={"help": "Use at most this many training blocks."})
+    max_eval_samples: int | None = field(default=400, metadata={"help": "Use at most this many validation blocks."})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple:
+    objective = peek_argument(argv, "objective", "mlm")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    defaults = {
+        **COMMON_DEFAULTS,
+        **OBJECTIVE_DEFAULTS[objective],
+        "output_dir": os.path.join("outputs", "language_modeling", objective),
+    }
+    if objective == "general":
+        defaults["prediction_loss_only"] = True
+    types = (DataArguments, TeacherArguments, StudentArguments, DistillationArguments)
+    return parse_recipe_args(types, defaults, argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data_args, teacher_args, student_args, args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    objective = data_args.objective
+
+    teacher_path = teacher_args.teacher_model_name_or_path or minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; blocks need no padding anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    max_positions = getattr(AutoConfig.from_pretrained(teacher_path), "max_position_embeddings", None)
+    if max_positions is not None and data_args.block_size > max_positions:
+        raise ValueError(
+            f"block_size={data_args.block_size} exceeds the teacher's max_position_embeddings={max_positions}; "
+            f"pass --block_size {max_positions} or less."
+        )
+    corpus = load_text_corpus(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        text_column=data_args.text_column,
+        validation_fraction=data_args.validation_fraction,
+        seed=args.seed,
+    )
+    blocks = tokenize_blocks(corpus, tokenizer, data_args.block_size)
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None:
+            blocks[split] = blocks[split].shuffle(seed=args.seed).select(range(min(limit, len(blocks[split]))))
+    logger.info("Blocks of %d tokens: %s", data_args.block_size, {split: len(rows) for split, rows in blocks.items()})
+
+    mlm = objective == "mlm"
+    collator = LanguageModelingCollator(tokenizer, mlm=mlm, mlm_probability=data_args.mlm_probability)
+    eval_blocks = blocks["validation"]
+    if objective != "general":
+        eval_blocks = with_fixed_labels(eval_blocks, tokenizer, mlm, data_args.mlm_probability, args.seed)
+
+    # Stage 1: a teacher with a trained LM head (adapted once, then reused); a bare encoder for general.
+    auto_class = AUTO_CLASSES[objective]
+    if objective == "general" or (
+        not teacher_args.finetune_teacher
+        and any(has_trained_head(teacher_path, head) for head in TRAINED_HEADS[objective])
+    ):
+        teacher = auto_class.from_pretrained(teacher_path)
+    else:
+        corpus_digest = fingerprint(blocks["train"]["input_ids"])
+        teacher = finetune_teacher_once(
+            auto_class,
+            teacher_path,
+            (objective, corpus_digest, data_args.block_size, data_args.mlm_probability),
+            teacher_args,
+            args,
+            blocks["train"],
+            collator,
+            tokenizer,
+            **_causal_kwargs(teacher_path, objective),
+        )
+
+    # Stage 2: distil the student.
+    student = build_student(teacher, student_args, auto_class)
+    baseline = None if student_args.no_baseline or objective == "general" else copy.deepcopy(student)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=blocks["train"],
+        eval_dataset=eval_blocks,
+        processing_class=tokenizer,
+        data_collator=collator,
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+
+    # Stage 3: the same student, same initialisation and schedule, without a teacher.
+    if baseline is not None:
+        baseline_dir = os.path.join(args.output_dir, "baseline")
+        baseline_trainer = Trainer(
+            model=baseline,
+            args=plain_training_args(args, output_dir=baseline_dir),
+            train_dataset=blocks["train"],
+            eval_dataset=eval_blocks,
+            processing_class=tokenizer,
+            data_collator=collator,
+        )
+        baseline_trainer.train()
+        baseline_trainer.save_model(baseline_dir)
+
+    # Stage 4: quality and cost of each model on the held-out blocks.
+    typical_text = tokenizer.decode(eval_blocks[0]["input_ids"], skip_special_tokens=True)
+    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in eval_blocks[:64]["input_ids"]]
+    models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
+    results = {}
+    for name, model in models.items():
+        if model is None:
+            continue
+        quality = {} if objective == "general" else {"perplexity": perplexity(model, eval_blocks)}
+        results[name] = {**quality, **inference_cost(model, tokenizer, typical_text, texts, data_args.block_size)}
+    if objective == "general":
+        final = trainer.evaluate()
+        results["general"] = {
+            key.removeprefix("eval_"): final[key] for key in ("eval_loss", "eval_hidden_loss", "eval_attention_loss")
+        }
+        last_train_log = next(log for log in reversed(trainer.state.log_history) if "hidden_loss" in log)
+        results["general"].update(
+            train_hidden_loss=last_train_log["hidden_loss"], train_attention_loss=last_train_log["attention_loss"]
+        )
+    results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
+    results["objective"] = objective
+    results["num_eval_blocks"] = len(eval_blocks)
+    results["block_size"] = data_args.block_size
+    results["distillation"] = {
+        name: getattr(args, name)
+        for name in ("temperature", "hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
+    }
+    results["distillation"].update(
+        logit_loss=args.logit_loss, attention_loss=args.attention_loss, layer_map=trainer.layer_map or None
+    )
+    path = write_results(results, args.output_dir)
+    print(format_results_table({name: results[name] for name in models if name in results}))
+    if objective == "general":
+        print("validation losses: " + ", ".join(f"{k} {v:.4f}" for k, v in results["general"].items()))
+    print(f"results: {path}")
+    logger.info("results.json: %s", json.dumps(results))
+    return results
+
+
+def _causal_kwargs(teacher_path: str, objective: str) -> dict:
+    """An encoder (e.g. BERT) becomes a causal LM with `is_decoder=True`; decoder-only configs need nothing."""
+    if objective == "clm" and getattr(AutoConfig.from_pretrained(teacher_path), "is_decoder", None) is False:
+        return {"is_decoder": True}
+    return {}
+
+
+if __name__ == "__main__":
+    main()
