@@ -7,7 +7,7 @@ STAMP := $(VENV)/.nlpkd-installed
 # Everything the demo and the tests use ships inside installed packages: never reach for the hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo demo-mlm demo-clm demo-general demo-two-stage test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python recipes/text_classification.py
+
+# Language modelling on the packaged movie dialogs (each at most ~30 minutes on 2 CPU cores).
+demo-mlm demo-clm demo-general: demo-%: $(STAMP)
+	$(OFFLINE) $(BIN)/python recipes/language_modeling.py --objective $*
+
+# TinyBERT's two stages: general distillation on the dialogs, then task distillation on the movie reviews.
+demo-two-stage: $(STAMP)
+	test -f outputs/language_modeling/general/model.safetensors || \
+		$(OFFLINE) $(BIN)/python recipes/language_modeling.py --objective general
+	$(OFFLINE) $(BIN)/python recipes/text_classification.py --no_baseline true --output_dir outputs/two_stage \
+		--student_model_name_or_path outputs/language_modeling/general
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider

@@ -1,5 +1,6 @@
 """Language-modelling stages: a text corpus, token blocks, fixed evaluation masks, an LM teacher, perplexity."""
 
+import itertools
 import math
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def load_text_corpus(
             raise ValueError(f"The {name} split has no non-empty text in column {text_column!r}.")
     corpus = datasets.DatasetDict({name: datasets.Dataset.from_dict({"text": t}) for name, t in splits.items()})
     if "validation" not in corpus:
+        if len(corpus["train"]) < 2:
+            raise ValueError(
+                f"The train split has {len(corpus['train'])} text; holding out validation_fraction="
+                f"{validation_fraction} of it needs at least 2. Add text, or pass --validation_file."
+            )
         held_out = corpus["train"].train_test_split(test_size=validation_fraction, seed=seed)
         corpus = datasets.DatasetDict(train=held_out["train"], validation=held_out["test"])
     return corpus
@@ -97,13 +103,16 @@ def _file_texts(path: str, field: str, text_column: str) -> list[str]:
 
 
 def tokenize_blocks(corpus: datasets.DatasetDict, tokenizer, block_size: int) -> datasets.DatasetDict:
-    """Tokenise every text (special tokens included), concatenate each split and cut it into `block_size` blocks;
-    the remainder shorter than a block is dropped."""
+    """Tokenise every text (special tokens included), concatenate and cut into `block_size` blocks.
+
+    As in transformers' `run_mlm.py`, texts are concatenated 2,000 at a time (memory stays flat on large corpora),
+    and the remainder of each group shorter than a block is dropped.
+    """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}.")
 
     def group(batch):
-        concatenated = {name: sum(values, []) for name, values in batch.items()}
+        concatenated = {name: list(itertools.chain.from_iterable(values)) for name, values in batch.items()}
         usable = len(concatenated["input_ids"]) // block_size * block_size
         return {
             name: [values[start : start + block_size] for start in range(0, usable, block_size)]

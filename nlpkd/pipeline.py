@@ -22,9 +22,21 @@ def plain_training_args(args: TrainingArguments, **changes) -> TrainingArguments
 
 
 def fingerprint(*parts) -> str:
-    """A short stable hash of JSON-serialisable parts (settings, data digests) for cache folder names."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8"))
+    """A short stable hash of JSON-serialisable parts (settings, data digests) for cache folder names.
+
+    Other iterables (a `datasets` column, an array) are hashed element by element: never by their `str()`, which
+    for a `datasets.Column` shows only the first rows.
+    """
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=_jsonable).encode("utf-8"))
     return digest.hexdigest()[:12]
+
+
+def _jsonable(value):
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+        return list(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
 
 
 def has_trained_head(model_name_or_path: str, head: str) -> bool:

@@ -74,7 +74,12 @@ class DistillationTrainer(Trainer):
     Takes every [`Trainer`] argument plus `teacher_model`; `args` must be a [`DistillationArguments`]. The teacher is
     frozen, kept in eval mode, run without gradients on the student's device and inside the same autocast, and never
     enters the optimizer. Component losses are logged next to `loss` as `hard_loss`, `logit_loss`, `hidden_loss` and
-    `attention_loss`. Evaluation reports the student's own task loss.
+    `attention_loss`. Evaluation reports the student's own task loss, or for a bare student (general distillation)
+    the distillation loss with its components as `eval_hidden_loss` and `eval_attention_loss`.
+
+    Logit KD runs over the positions that carry a prediction (see `nlpkd.positions`): per sequence for classifiers,
+    per labelled token for masked LMs, per next-token label for causal LMs. Each loss is divided by its count of
+    positions over the whole optimizer step, so gradient accumulation gives the gradients of one big batch.
     """
 
     def __init__(

@@ -223,14 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         quality = {} if objective == "general" else {"perplexity": perplexity(model, eval_blocks)}
         results[name] = {**quality, **inference_cost(model, tokenizer, typical_text, texts, data_args.block_size)}
     if objective == "general":
-        final = trainer.evaluate()
-        results["general"] = {
-            key.removeprefix("eval_"): final[key] for key in ("eval_loss", "eval_hidden_loss", "eval_attention_loss")
-        }
-        last_train_log = next(log for log in reversed(trainer.state.log_history) if "hidden_loss" in log)
-        results["general"].update(
-            train_hidden_loss=last_train_log["hidden_loss"], train_attention_loss=last_train_log["attention_loss"]
-        )
+        results["general"] = general_losses(trainer)
     results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
     results["objective"] = objective
     results["num_eval_blocks"] = len(eval_blocks)
@@ -249,6 +242,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"results: {path}")
     logger.info("results.json: %s", json.dumps(results))
     return results
+
+
+def general_losses(trainer: DistillationTrainer) -> dict[str, float]:
+    """The distillation losses of the trained body on the validation blocks, and the last logged training ones."""
+    final = trainer.evaluate()
+    losses = {key.removeprefix("eval_"): value for key, value in final.items() if key.endswith("_loss")}
+    components = ("hidden_loss", "attention_loss")
+    logged = [log for log in trainer.state.log_history if any(name in log for name in components)]
+    if logged:  # none when training ran fewer steps than logging_steps
+        losses.update({f"train_{name}": logged[-1][name] for name in components if name in logged[-1]})
+    return losses
 
 
 def _causal_kwargs(teacher_path: str, objective: str) -> dict:

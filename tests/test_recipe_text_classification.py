@@ -28,7 +28,7 @@ def tiny_teacher_dir(tmp_path) -> str:
     """A tiny BERT *body* (no classification head, like the packaged MiniLM) with its tokenizer."""
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
     torch.manual_seed(0)
     teacher = BertModel(tiny_bert_config(vocab_size=len(vocab), num_hidden_layers=2))
     teacher_dir = tmp_path / "teacher"

@@ -28,7 +28,7 @@ def model(config):
 def tokenizer(tmp_path):
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab_file))
+    return BertTokenizerFast(vocab=str(vocab_file))
 
 
 def safetensors_data_bytes(path):
