@@ -64,7 +64,7 @@ def finetune_teacher_once(
         teacher_args.teacher_num_train_epochs,
         teacher_args.teacher_learning_rate,
         args.per_device_train_batch_size,
-        args.seed,
+        teacher_args.teacher_seed,
     )
     name = os.path.basename(teacher_path.rstrip("/"))
     cache_dir = os.path.join(teacher_args.teacher_cache_dir, f"{name}-{fingerprint(*settings)}")
@@ -81,6 +81,7 @@ def finetune_teacher_once(
             num_train_epochs=teacher_args.teacher_num_train_epochs,
             learning_rate=teacher_args.teacher_learning_rate,
             max_steps=-1 if args.max_steps <= 0 else args.max_steps,
+            seed=teacher_args.teacher_seed,
             save_strategy="no",
             eval_strategy="no",
             load_best_model_at_end=False,

@@ -18,6 +18,12 @@ class TeacherArguments:
     )
     teacher_num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of teacher fine-tuning."})
     teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of teacher fine-tuning."})
+    teacher_seed: int = field(
+        default=42,
+        metadata={
+            "help": "Seed of teacher fine-tuning; apart from --seed, so students of several seeds share a teacher."
+        },
+    )
     teacher_cache_dir: str = field(
         default="outputs/teachers",
         metadata={"help": "Where fine-tuned teachers are kept, keyed by teacher, data and settings, for reuse."},

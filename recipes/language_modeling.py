@@ -103,6 +103,10 @@ class DataArguments:
     validation_fraction: float = field(
         default=0.05, metadata={"help": "Share of train held out (fixed seed) when there is no validation split."}
     )
+    split_seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the held-out splits; apart from --seed, so every seed is scored on the same data."},
+    )
     block_size: int = field(default=128, metadata={"help": "Texts are concatenated and cut into blocks this long."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for 'mlm'."})
     max_train_samples: int | None = field(default=3200, metadata={"help": "Use at most this many training blocks."})
@@ -147,20 +151,22 @@ def main(argv: list[str] | None = None) -> dict:
         validation_file=data_args.validation_file,
         text_column=data_args.text_column,
         validation_fraction=data_args.validation_fraction,
-        seed=args.seed,
+        seed=data_args.split_seed,
     )
     blocks = tokenize_blocks(corpus, tokenizer, data_args.block_size)
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     for split, limit in limits.items():
         if limit is not None:
-            blocks[split] = blocks[split].shuffle(seed=args.seed).select(range(min(limit, len(blocks[split]))))
+            blocks[split] = (
+                blocks[split].shuffle(seed=data_args.split_seed).select(range(min(limit, len(blocks[split]))))
+            )
     logger.info("Blocks of %d tokens: %s", data_args.block_size, {split: len(rows) for split, rows in blocks.items()})
 
     mlm = objective == "mlm"
     collator = LanguageModelingCollator(tokenizer, mlm=mlm, mlm_probability=data_args.mlm_probability)
     eval_blocks = blocks["validation"]
     if objective != "general":
-        eval_blocks = with_fixed_labels(eval_blocks, tokenizer, mlm, data_args.mlm_probability, args.seed)
+        eval_blocks = with_fixed_labels(eval_blocks, tokenizer, mlm, data_args.mlm_probability, data_args.split_seed)
 
     # Stage 1: a teacher with a trained LM head (adapted once, then reused); a bare encoder for general.
     auto_class = AUTO_CLASSES[objective]

@@ -56,6 +56,10 @@ class DataArguments:
     test_file: str | None = field(default=None, metadata={"help": "A local test file."})
     text_column: str = field(default="text", metadata={"help": "The column holding the text."})
     label_column: str = field(default="label", metadata={"help": "The column holding the label."})
+    split_seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the held-out splits; apart from --seed, so every seed is scored on the same data."},
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training rows."})
     max_eval_samples: int | None = field(
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         test_file=data_args.test_file,
         text_column=data_args.text_column,
         label_column=data_args.label_column,
-        seed=args.seed,
+        seed=data_args.split_seed,
     )
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     limits["test"] = data_args.max_eval_samples
