@@ -261,7 +261,7 @@ def test_objective_picks_its_defaults():
     recipe = load_recipe()
     data_args, _, _, args = recipe.parse_args([])
     assert data_args.objective == "mlm"
-    assert (args.hard_label_weight, args.logit_weight, args.hidden_weight, args.attention_weight) == (0.5, 0.5, 1, 1)
+    assert (args.hard_label_weight, args.logit_weight, args.hidden_weight, args.attention_weight) == (0.5, 0.5, 0, 0)
     assert args.output_dir == os.path.join("outputs", "language_modeling", "mlm")
     assert data_args.max_train_samples == 3200 and args.num_train_epochs == 1 and not args.prediction_loss_only
 
