@@ -254,8 +254,10 @@ class DistillationTrainer(Trainer):
                     f"Cannot line up logits {tuple(student_logits.shape)} with labels/mask {tuple(mask.shape)} "
                     f"for {type(self.student).__name__} ({self.logit_level}-level logits)."
                 )
-            # Only the counted positions go through the softmax: for a masked LM that is ~15 % of them.
-            student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
+            # Only the counted positions go through the softmax: for a masked LM that is ~15 % of them. When all
+            # count (causal LM blocks), skip the copy: (B, T, V) logits are hundreds of MB.
+            if not bool(mask.all()):
+                student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
         return logit_kd_loss(student_logits, teacher_logits, self.args.temperature, self.args.logit_loss)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -330,3 +330,16 @@ def test_bare_student_refuses_label_and_logit_losses(tmp_path, weight):
         ValueError, match=rf"{weight}=0.5, but the student BertModel is a bare model with no task head"
     ):
         DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, **weights))
+
+
+def test_causal_lm_logit_kd_with_every_position_labelled(tmp_path):
+    teacher, student = lm_pair("gpt2")
+    trainer = lm_trainer(tmp_path, teacher, student, hard_label_weight=0.0, logit_weight=1.0, temperature=TEMPERATURE)
+    input_ids = torch.randint(5, VOCAB_SIZE, (3, 9), generator=torch.Generator().manual_seed(4))
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
+    loss = logit_loss_of(trainer, student, teacher, batch)
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=input_ids).logits[:, :-1]
+    student_logits = student(input_ids=input_ids).logits[:, :-1]
+    flat = student_logits.shape[-1]
+    torch.testing.assert_close(loss, expected_kl(student_logits.reshape(-1, flat), teacher_logits.reshape(-1, flat)))
