@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     # Stage 2: distil the student.
+    set_seed(args.seed)  # the same student whether the teacher was just trained or loaded from the cache
     student = build_student(teacher, student_args, auto_class)
     baseline = None if student_args.no_baseline or objective == "general" else copy.deepcopy(student)
     trainer = DistillationTrainer(

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = prepare_teacher(teacher_args, teacher_path, data, tokenized, tokenizer, args, data_args.max_seq_length)
 
     # Stage 2: distil the student.
+    set_seed(args.seed)  # the same student whether the teacher was just trained or loaded from the cache
     student = build_student(teacher, student_args, AutoModelForSequenceClassification)
     baseline = None if student_args.no_baseline else copy.deepcopy(student)
     trainer = DistillationTrainer(
