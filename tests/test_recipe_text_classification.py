@@ -134,3 +134,13 @@ def test_shipped_config_spells_out_the_default_run():
         assert {name: getattr(parsed_config, name) for name in fields} == {
             name: getattr(parsed_default, name) for name in fields
         }
+
+
+def test_a_cached_teacher_gives_the_same_student_as_a_fresh_one(tiny_teacher_dir, reviews_csv, tmp_path):
+    recipe = load_recipe()
+    students = []
+    for _ in range(2):  # the first run fine-tunes the teacher, the second loads it from the cache
+        recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true"))
+        students.append(AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").state_dict())
+    for name, weight in students[0].items():
+        torch.testing.assert_close(students[1][name], weight, rtol=0, atol=0, msg=name)
