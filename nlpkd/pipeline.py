@@ -117,6 +117,39 @@ def build_student(teacher: PreTrainedModel, student_args: StudentArguments, auto
     return auto_class.from_pretrained(student_args.student_model_name_or_path, **label_kwargs)
 
 
+def distil_and_train_baseline(
+    student: PreTrainedModel,
+    baseline: PreTrainedModel | None,
+    teacher: PreTrainedModel,
+    args,
+    train_dataset,
+    eval_dataset,
+    tokenizer,
+    data_collator,
+    compute_metrics=None,
+):
+    """Stages 2 and 3 of every recipe: distil `student` (saved to output_dir), then train `baseline` — the same
+    student before distillation — on the labels alone with the same schedule (saved to output_dir/baseline)."""
+    from .trainer import DistillationTrainer
+
+    shared = dict(
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        compute_metrics=compute_metrics,
+    )
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, **shared)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    if baseline is not None:
+        baseline_dir = os.path.join(args.output_dir, "baseline")
+        baseline_trainer = Trainer(model=baseline, args=plain_training_args(args, output_dir=baseline_dir), **shared)
+        baseline_trainer.train()
+        baseline_trainer.save_model(baseline_dir)
+    return trainer
+
+
 def write_results(results: dict, output_dir: str) -> str:
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "results.json")

@@ -25,7 +25,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoTokenizer,
-    Trainer,
     set_seed,
 )
 
@@ -41,10 +40,10 @@ from nlpkd.language_modeling import (
 )
 from nlpkd.pipeline import (
     build_student,
+    distil_and_train_baseline,
     finetune_teacher_once,
     fingerprint,
     has_trained_head,
-    plain_training_args,
     write_results,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments
@@ -196,31 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)  # the same student whether the teacher was just trained or loaded from the cache
     student = build_student(teacher, student_args, auto_class)
     baseline = None if student_args.no_baseline or objective == "general" else copy.deepcopy(student)
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=args,
-        train_dataset=blocks["train"],
-        eval_dataset=eval_blocks,
-        processing_class=tokenizer,
-        data_collator=collator,
+    # Stage 3 follows inside: the baseline, the same student and schedule without a teacher.
+    trainer = distil_and_train_baseline(
+        student, baseline, teacher, args, blocks["train"], eval_blocks, tokenizer, collator
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
-
-    # Stage 3: the same student, same initialisation and schedule, without a teacher.
-    if baseline is not None:
-        baseline_dir = os.path.join(args.output_dir, "baseline")
-        baseline_trainer = Trainer(
-            model=baseline,
-            args=plain_training_args(args, output_dir=baseline_dir),
-            train_dataset=blocks["train"],
-            eval_dataset=eval_blocks,
-            processing_class=tokenizer,
-            data_collator=collator,
-        )
-        baseline_trainer.train()
-        baseline_trainer.save_model(baseline_dir)
 
     # Stage 4: quality and cost of each model on the held-out blocks.
     typical_text = tokenizer.decode(eval_blocks[0]["input_ids"], skip_special_tokens=True)

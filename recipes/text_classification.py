@@ -11,17 +11,16 @@ Writes the student (loadable with AutoModelForSequenceClassification), its token
 import copy
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, set_seed
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
-from nlpkd import DistillationArguments, DistillationTrainer
+from nlpkd import DistillationArguments
 from nlpkd.assets import minilm_path
 from nlpkd.classification import compute_accuracy_f1, evaluate_classifier, prepare_teacher, tokenize
 from nlpkd.cli import parse_recipe_args
 from nlpkd.data import load_classification_data
-from nlpkd.pipeline import build_student, plain_training_args, write_results
+from nlpkd.pipeline import build_student, distil_and_train_baseline, write_results
 from nlpkd.recipe_args import StudentArguments, TeacherArguments
 from nlpkd.report import format_results_table
 
@@ -103,32 +102,18 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)  # the same student whether the teacher was just trained or loaded from the cache
     student = build_student(teacher, student_args, AutoModelForSequenceClassification)
     baseline = None if student_args.no_baseline else copy.deepcopy(student)
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=collator,
+    # Stage 3 follows inside: the baseline, the same student and schedule without a teacher.
+    trainer = distil_and_train_baseline(
+        student,
+        baseline,
+        teacher,
+        args,
+        tokenized["train"],
+        tokenized["validation"],
+        tokenizer,
+        collator,
         compute_metrics=compute_accuracy_f1,
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
-
-    # Stage 3: the same student, same initialisation and schedule, without a teacher.
-    if baseline is not None:
-        baseline_trainer = Trainer(
-            model=baseline,
-            args=plain_training_args(args, output_dir=os.path.join(args.output_dir, "baseline")),
-            train_dataset=tokenized["train"],
-            eval_dataset=tokenized["validation"],
-            processing_class=tokenizer,
-            data_collator=collator,
-            compute_metrics=compute_accuracy_f1,
-        )
-        baseline_trainer.train()
-        baseline_trainer.save_model(os.path.join(args.output_dir, "baseline"))
 
     # Stage 4: teacher, student and baseline on the held-out test split.
     models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
