@@ -9,6 +9,7 @@ import os
 from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 
 from .recipe_args import StudentArguments, TeacherArguments
+from .report import format_results_table
 from .student import make_student
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,23 @@ def distil_and_train_baseline(
         baseline_trainer.train()
         baseline_trainer.save_model(baseline_dir)
     return trainer
+
+
+def distillation_settings(args, layer_map: list[int]) -> dict:
+    """The distillation fields of `args` for results.json, with the resolved layer map."""
+    fields = ("temperature", "hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
+    settings = {name: getattr(args, name) for name in fields}
+    settings.update(logit_loss=args.logit_loss, attention_loss=args.attention_loss, layer_map=layer_map or None)
+    return settings
+
+
+def report_results(results: dict, model_names, output_dir: str) -> str:
+    """Write results.json, print the table of the models in it, and return the file's path."""
+    path = write_results(results, output_dir)
+    print(format_results_table({name: results[name] for name in model_names if name in results}))
+    print(f"results: {path}")
+    logger.info("results.json: %s", json.dumps(results))
+    return path
 
 
 def write_results(results: dict, output_dir: str) -> str:

@@ -13,7 +13,6 @@ student body whose checkpoint initialises the classification recipe's student:
 """
 
 import copy
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -41,13 +40,14 @@ from nlpkd.language_modeling import (
 from nlpkd.pipeline import (
     build_student,
     distil_and_train_baseline,
+    distillation_settings,
     finetune_teacher_once,
     fingerprint,
     has_trained_head,
-    write_results,
+    report_results,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments
-from nlpkd.report import format_results_table, inference_cost
+from nlpkd.report import inference_cost
 
 logger = logging.getLogger(__name__)
 
@@ -216,19 +216,10 @@ def main(argv: list[str] | None = None) -> dict:
     results["objective"] = objective
     results["num_eval_blocks"] = len(eval_blocks)
     results["block_size"] = data_args.block_size
-    results["distillation"] = {
-        name: getattr(args, name)
-        for name in ("temperature", "hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
-    }
-    results["distillation"].update(
-        logit_loss=args.logit_loss, attention_loss=args.attention_loss, layer_map=trainer.layer_map or None
-    )
-    path = write_results(results, args.output_dir)
-    print(format_results_table({name: results[name] for name in models if name in results}))
+    results["distillation"] = distillation_settings(args, trainer.layer_map)
+    report_results(results, models, args.output_dir)
     if objective == "general":
         print("validation losses: " + ", ".join(f"{k} {v:.4f}" for k, v in results["general"].items()))
-    print(f"results: {path}")
-    logger.info("results.json: %s", json.dumps(results))
     return results
 
 

@@ -9,7 +9,6 @@ Writes the student (loadable with AutoModelForSequenceClassification), its token
 """
 
 import copy
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -20,9 +19,8 @@ from nlpkd.assets import minilm_path
 from nlpkd.classification import compute_accuracy_f1, evaluate_classifier, prepare_teacher, tokenize
 from nlpkd.cli import parse_recipe_args
 from nlpkd.data import load_classification_data
-from nlpkd.pipeline import build_student, distil_and_train_baseline, write_results
+from nlpkd.pipeline import build_student, distil_and_train_baseline, distillation_settings, report_results
 from nlpkd.recipe_args import StudentArguments, TeacherArguments
-from nlpkd.report import format_results_table
 
 logger = logging.getLogger(__name__)
 
@@ -125,17 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
     results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
-    results["distillation"] = {
-        name: getattr(args, name)
-        for name in ("temperature", "hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
-    }
-    results["distillation"].update(
-        logit_loss=args.logit_loss, attention_loss=args.attention_loss, layer_map=trainer.layer_map or None
-    )
-    path = write_results(results, args.output_dir)
-    print(format_results_table({name: results[name] for name in models if name in results}))
-    print(f"results: {path}")
-    logger.info("results.json: %s", json.dumps(results))
+    results["distillation"] = distillation_settings(args, trainer.layer_map)
+    report_results(results, models, args.output_dir)
     return results
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from conftest import VOCAB_SIZE, tiny_bert_config
 from datasets import Dataset
-from test_trainer import assert_states_equal, make_args, training_logs
+from test_trainer import EXACT_STEPS, assert_states_equal, make_args, training_logs
 from transformers import (
     AutoModelForSequenceClassification,
     BertForMaskedLM,
@@ -195,12 +195,9 @@ def test_gradient_accumulation_matches_one_big_batch_for_token_losses(tmp_path, 
             teacher,
             student,
             dataset=dataset,
-            max_steps=2,
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
-            optim="sgd",
-            learning_rate=0.5,
-            lr_scheduler_type="constant",
+            **EXACT_STEPS,
             **weights,
         )
         trainer.train()

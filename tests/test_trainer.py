@@ -20,6 +20,8 @@ from nlpkd.losses import logit_kd_loss
 from nlpkd.trainer import PROJECTIONS_NAME
 
 ALL_LOSSES = dict(hard_label_weight=0.3, logit_weight=0.7, hidden_weight=2.0, attention_weight=0.1)
+# Plain SGD at a constant rate: after two steps the weights show any difference in the gradients.
+EXACT_STEPS = dict(max_steps=2, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant")
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 STUDENT_SHAPE = dict(hidden_size=16, num_hidden_layers=2, intermediate_size=20)
 
@@ -527,12 +529,9 @@ def _train_with_accumulation(output_dir, teacher, dataset, batch_size, accumulat
         teacher,
         make_student(seed=1, **NO_DROPOUT),
         train_dataset=dataset,
-        max_steps=2,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
+        **EXACT_STEPS,
         **weights,
     )
     trainer.train()
