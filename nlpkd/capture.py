@@ -1,8 +1,9 @@
 """Attention scores without eager attention.
 
-Transformers' SDPA attention returns no attention weights, so the self-attention query and key projections of
-the mapped layers are recorded with forward hooks, and the pre-softmax scores Q·Kᵀ·scale are computed from them.
-The scale and whether the attention is causal are read from the attention module itself (`scaling`, `is_causal`).
+Transformers' SDPA attention returns no attention weights, so the query and key projections of the mapped layers'
+self-attention (or, in a decoder, cross-attention) are recorded with forward hooks, and the pre-softmax scores
+Q·Kᵀ·scale are computed from them. The scale, the head count and whether the attention is causal are read from the
+attention module itself (`scaling`, `num_heads`/`num_attention_heads`/`n_heads`, `is_causal`).
 """
 
 import weakref
@@ -34,11 +35,14 @@ PROJECTION_NAMES = (
 PROJECTION_TYPES = (nn.Linear, Conv1D)
 CROSS_ATTENTION_PARTS = ("crossattention", "encoder_attn", "EncDecAttention")
 LAYER_LIST_NAMES = ("layer", "layers", "h", "block")
+HEAD_COUNT_NAMES = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 
 
-def find_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's list of transformer layers (e.g. `bert.encoder.layer`), found by its length and name."""
-    num_layers = model.config.num_hidden_layers
+def find_layers(model: nn.Module, num_layers: int | None = None) -> nn.ModuleList:
+    """The model's list of transformer layers (e.g. `bert.encoder.layer`), found by its name and length
+    (`num_layers`, default `config.num_hidden_layers`; pass a stack such as `model.get_encoder()` for seq2seq)."""
+    if num_layers is None:
+        num_layers = model.config.num_hidden_layers
     for name, module in model.named_modules():
         if (
             isinstance(module, nn.ModuleList)
@@ -52,6 +56,18 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
+def count_layers(stack: nn.Module) -> int:
+    """How many transformer layers a stack (an encoder, a decoder, a whole encoder-only model) holds."""
+    lists = [
+        module
+        for name, module in stack.named_modules()
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in LAYER_LIST_NAMES
+    ]
+    if not lists:
+        raise ValueError(f"{type(stack).__name__} has no nn.ModuleList of layers named one of {LAYER_LIST_NAMES}.")
+    return len(lists[0])
+
+
 @dataclass(frozen=True)
 class SelfAttention:
     """The parts of one layer's self-attention that scores are computed from."""
@@ -61,39 +77,54 @@ class SelfAttention:
     names: ProjectionNames
     scale: float | None  # None: 1/√head_dim (or 1 for unscaled architectures)
     causal: bool
+    num_heads: int | None  # None: the model config's
 
 
-def find_query_key(layer: nn.Module, model_name: str) -> SelfAttention:
-    """The self-attention query and key projections inside one transformer layer, with their scale and causality."""
+def _is_cross_attention(path: str, module: nn.Module) -> bool:
+    return any(part in path for part in CROSS_ATTENTION_PARTS) or getattr(module, "is_cross_attention", False)
+
+
+def find_query_key(layer: nn.Module, model_name: str, cross: bool = False) -> SelfAttention:
+    """The self-attention (or with `cross`, the cross-attention) query and key projections inside one transformer
+    layer, with their scale, causality and head count."""
+    kind = "cross-attention" if cross else "self-attention"
     for path, module in layer.named_modules():
-        if any(part in path for part in CROSS_ATTENTION_PARTS) or getattr(module, "is_cross_attention", False):
+        if _is_cross_attention(path, module) != cross:
             continue
         for names in PROJECTION_NAMES:
             query, key = getattr(module, names.query, None), getattr(module, names.key, None)
             if isinstance(query, PROJECTION_TYPES) and isinstance(key, PROJECTION_TYPES):
                 scale = getattr(module, "scaling", None)
-                causal = bool(getattr(module, "is_causal", False))
-                return SelfAttention(query, key, names, scale if isinstance(scale, float) else None, causal)
+                causal = bool(getattr(module, "is_causal", False)) and not cross
+                heads = next(
+                    (getattr(module, n) for n in HEAD_COUNT_NAMES if isinstance(getattr(module, n, None), int)), None
+                )
+                return SelfAttention(query, key, names, scale if isinstance(scale, float) else None, causal, heads)
     known = ", ".join(f"{n.query}/{n.key}/{n.value}" for n in PROJECTION_NAMES)
     raise ValueError(
-        f"Attention distillation does not know the self-attention projections of {model_name}: none of {known} "
-        f"found in its layers. Set attention_weight=0, or add its names to nlpkd.capture.PROJECTION_NAMES."
+        f"Attention distillation does not know the {kind} projections of {model_name}: none of {known} found in "
+        f"its layers. Set attention_weight=0 (or that stack's weight), or add its names to nlpkd.capture.PROJECTION_NAMES."
     )
 
 
 class AttentionCapture:
-    """Records the self-attention queries and keys of chosen layers (1-based) while `recording()` is active."""
+    """Records the self-attention queries and keys of chosen layers (1-based) while `recording()` is active.
 
-    def __init__(self, model: nn.Module, layers: list[int]):
-        self.num_heads = model.config.num_attention_heads
+    `blocks` is the list of layers to look in (default: `find_layers(model)`; a seq2seq model's encoder or decoder
+    layers); `cross` records the decoder layers' cross-attention instead (queries from the decoder, keys from the
+    encoder's states).
+    """
+
+    def __init__(self, model: nn.Module, layers: list[int], blocks: nn.ModuleList | None = None, cross: bool = False):
+        self.num_heads = getattr(model.config, "num_attention_heads", None)
         self.layers = sorted(set(layers))
         self._recording = False
         self._outputs: dict[tuple[int, str], torch.Tensor] = {}
         self._attention: dict[int, SelfAttention] = {}
         self._handles = []
-        blocks = find_layers(model)
+        blocks = find_layers(model) if blocks is None else blocks
         for layer in self.layers:
-            attention = find_query_key(blocks[layer - 1], type(model).__name__)
+            attention = find_query_key(blocks[layer - 1], type(model).__name__, cross=cross)
             self._attention[layer] = attention
             if attention.names.fused:
                 self._handles.append(attention.query.register_forward_hook(self._hook(layer, "fused")))
@@ -136,9 +167,10 @@ class AttentionCapture:
         else:
             raise RuntimeError(f"No attention recorded for layer {layer}; run the model inside `recording()`.")
         batch, length, width = query.shape
-        head_dim = width // self.num_heads
-        query = query.view(batch, length, self.num_heads, head_dim).transpose(1, 2)  # (B, H, T, d)
-        key = key.view(batch, key.shape[1], self.num_heads, head_dim).transpose(1, 2)
+        num_heads = attention.num_heads or self.num_heads
+        head_dim = width // num_heads
+        query = query.view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, H, T, d)
+        key = key.view(batch, key.shape[1], num_heads, head_dim).transpose(1, 2)
         scale = attention.scale
         if scale is None:
             scale = head_dim**-0.5 if attention.names.scaled else 1.0

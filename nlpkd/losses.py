@@ -66,17 +66,20 @@ def attention_scores_mse_loss(
     teacher_scores: torch.Tensor,
     mask: torch.Tensor | None = None,
     causal: bool = False,
+    key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TinyBERT's attention loss: MSE between pre-softmax scores Q·Kᵀ/√d over valid query–key pairs.
 
     Args:
-        student_scores: (B, H, T, T) student scores.
-        teacher_scores: (B, H, T, T) teacher scores, same head count.
+        student_scores: (B, H, T, S) student scores (S = T for self-attention, the source length for cross-attention).
+        teacher_scores: (B, H, T, S) teacher scores, same head count.
         mask: (B, T) attention mask; a pair (i, j) counts when tokens i and j are both real. None = all tokens.
         causal: only pairs with key j <= query i count (the scores a causal model's softmax sees).
+        key_mask: (B, S) mask of the keys when they are other tokens than the queries (cross-attention).
     """
     squared_error = (student_scores.float() - teacher_scores.float()).pow(2)
-    return _masked_mean(squared_error, pair_mask(mask, squared_error.shape[-1], causal, squared_error.device))
+    pairs = pair_mask(mask, squared_error.shape[-1], causal, squared_error.device, key_mask)
+    return _masked_mean(squared_error, pairs)
 
 
 def attention_kl_loss(
@@ -84,19 +87,21 @@ def attention_kl_loss(
     teacher_scores: torch.Tensor,
     mask: torch.Tensor | None = None,
     causal: bool = False,
+    key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL(teacher ‖ student) between attention distributions, per query row, over real keys.
 
     Args:
-        student_scores: (B, Hs, T, T) student pre-softmax scores.
-        teacher_scores: (B, Ht, T, T) teacher pre-softmax scores. When Hs ≠ Ht both sides are averaged over heads.
+        student_scores: (B, Hs, T, S) student pre-softmax scores.
+        teacher_scores: (B, Ht, T, S) teacher pre-softmax scores. When Hs ≠ Ht both sides are averaged over heads.
         mask: (B, T) attention mask: padded keys get no probability, padded query rows do not count.
         causal: keys after the query get no probability either, as in a causal model's softmax.
+        key_mask: (B, S) mask of the keys when they are other tokens than the queries (cross-attention).
     """
     student_scores, teacher_scores = student_scores.float(), teacher_scores.float()
-    if mask is not None or causal:
+    if mask is not None or causal or key_mask is not None:
         # finfo.min rather than -inf: a row with no real key stays finite, and it is excluded below anyway.
-        hidden_keys = ~pair_mask(mask, student_scores.shape[-1], causal, student_scores.device)  # (B|1, 1, T, T)
+        hidden_keys = ~pair_mask(mask, student_scores.shape[-1], causal, student_scores.device, key_mask)
         student_scores = student_scores.masked_fill(hidden_keys, torch.finfo(torch.float32).min)
         teacher_scores = teacher_scores.masked_fill(hidden_keys, torch.finfo(torch.float32).min)
     student_log_probs = F.log_softmax(student_scores, dim=-1)
@@ -109,10 +114,21 @@ def attention_kl_loss(
 
 
 def pair_mask(
-    mask: torch.Tensor | None, length: int, causal: bool = False, device: torch.device | None = None
+    mask: torch.Tensor | None,
+    length: int,
+    causal: bool = False,
+    device: torch.device | None = None,
+    key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """(B, T) token mask -> (B, 1, T, T) mask of the query–key pairs whose tokens are both real and, when `causal`,
-    whose key is not after the query. None when every pair counts."""
+    whose key is not after the query. None when every pair counts.
+
+    With `key_mask` (B, S), the keys are other tokens than the queries (cross-attention: decoder queries, encoder
+    keys): the result is (B, 1, T, S), `mask` masks the queries and `length` is unused."""
+    if key_mask is not None:
+        key_mask = key_mask.bool()
+        queries = torch.ones_like(key_mask[:, :1]) if mask is None else mask.bool()
+        return (queries[:, :, None] & key_mask[:, None, :])[:, None]
     pairs = None
     if mask is not None:
         mask = mask.bool()

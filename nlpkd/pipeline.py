@@ -7,6 +7,7 @@ import logging
 import os
 
 from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from .recipe_args import StudentArguments, TeacherArguments
 from .report import format_results_table
@@ -55,10 +56,17 @@ def finetune_teacher_once(
     train_dataset,
     data_collator,
     tokenizer,
+    build=None,
+    training_changes: dict | None = None,
     **model_kwargs,
 ) -> PreTrainedModel:
     """Fine-tune `teacher_path` as `auto_class` on `train_dataset`, once: the result is kept under
-    `teacher_cache_dir/<name>-<hash of cache_key and the teacher settings>` and loaded from there by later runs."""
+    `teacher_cache_dir/<name>-<hash of cache_key and the teacher settings>` and loaded from there by later runs.
+
+    `build()`, when given, makes the model to train instead of `auto_class.from_pretrained(teacher_path)` (e.g. a
+    teacher from scratch); `training_changes` are teacher-only training arguments (e.g. label smoothing).
+    """
+    training_changes = training_changes or {}
     settings = (
         teacher_path,
         *cache_key,
@@ -66,6 +74,7 @@ def finetune_teacher_once(
         teacher_args.teacher_learning_rate,
         args.per_device_train_batch_size,
         teacher_args.teacher_seed,
+        *([training_changes] if training_changes else []),
     )
     name = os.path.basename(teacher_path.rstrip("/"))
     cache_dir = os.path.join(teacher_args.teacher_cache_dir, f"{name}-{fingerprint(*settings)}")
@@ -73,7 +82,7 @@ def finetune_teacher_once(
         logger.info("Loading the fine-tuned teacher from %s", cache_dir)
         return auto_class.from_pretrained(cache_dir)
     logger.info("Fine-tuning the teacher %s; it will be kept in %s", teacher_path, cache_dir)
-    teacher = auto_class.from_pretrained(teacher_path, **model_kwargs)
+    teacher = build() if build is not None else auto_class.from_pretrained(teacher_path, **model_kwargs)
     trainer = Trainer(
         model=teacher,
         args=plain_training_args(
@@ -83,7 +92,7 @@ def finetune_teacher_once(
             learning_rate=teacher_args.teacher_learning_rate,
             max_steps=-1 if args.max_steps <= 0 else args.max_steps,
             seed=teacher_args.teacher_seed,
-            save_strategy="no",
+            **{"save_strategy": "no", **training_changes},
             eval_strategy="no",
             load_best_model_at_end=False,
             push_to_hub=False,
@@ -92,7 +101,9 @@ def finetune_teacher_once(
         processing_class=tokenizer,
         data_collator=data_collator,
     )
-    trainer.train()
+    # A run cut short (with save_strategy in training_changes) goes on from its last checkpoint.
+    run_dir = trainer.args.output_dir
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None)
     trainer.save_model(cache_dir)
     return teacher.eval()
 

@@ -79,11 +79,27 @@ def logit_mask(inputs: dict, level: str) -> torch.Tensor | None:
     return None if mask is None else mask.bool()
 
 
-def batch_counts(inputs: dict, level: str, causal_attention: bool) -> dict[str, torch.Tensor]:
+def side_mask(inputs: dict, side: str) -> torch.Tensor | None:
+    """(B, T) mask of the real positions of the `source` (the input_ids; of a seq2seq model, its encoder) or the
+    `target` (a seq2seq decoder's inputs: the positions with a label, else `decoder_attention_mask`); None = all.
+
+    A decoder input is real exactly when its position has a label: it is the start token or the previous label.
+    """
+    if side == "source":
+        return inputs.get("attention_mask")
+    labels = inputs.get("labels")
+    if labels is not None:
+        return labels != IGNORE_INDEX
+    return inputs.get("decoder_attention_mask")
+
+
+def batch_counts(inputs: dict, level: str, causal_attention: bool, seq2seq: bool = False) -> dict[str, torch.Tensor]:
     """How many positions each loss averages over in this batch.
 
     `labels`: the predictions the student's own loss averages (next-token labels for causal LMs), `logits`: the
     distilled logit positions, `tokens`: real tokens (hidden states, attention rows), `pairs`: real query–key pairs.
+    With `seq2seq`, also the decoder's `target_tokens` and (causal) `target_pairs`, and the cross-attention's
+    `cross_pairs` (real decoder query × real encoder key); `tokens` and `pairs` are then the encoder's.
     """
     reference = inputs.get("input_ids", inputs.get("inputs_embeds"))
     batch, length = reference.shape[:2]
@@ -109,4 +125,12 @@ def batch_counts(inputs: dict, level: str, causal_attention: bool) -> dict[str, 
     tokens = torch.ones(batch, length, device=device) if attention_mask is None else attention_mask
     counts["tokens"] = tokens.sum()
     counts["pairs"] = pair_mask(tokens, length, causal_attention, device).sum()
+    if seq2seq and "decoder_input_ids" in inputs:
+        decoder_ids = inputs["decoder_input_ids"]
+        target = side_mask(inputs, "target")
+        if target is None:
+            target = torch.ones(decoder_ids.shape[:2], device=device)
+        counts["target_tokens"] = target.sum()
+        counts["target_pairs"] = pair_mask(target, decoder_ids.shape[1], True, device).sum()
+        counts["cross_pairs"] = pair_mask(target, length, key_mask=tokens).sum()
     return {name: count.to(device=device, dtype=torch.float32) for name, count in counts.items()}

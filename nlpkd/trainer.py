@@ -12,10 +12,10 @@ from transformers.trainer_pt_utils import nested_gather
 from transformers.utils import can_return_loss, find_labels
 
 from .arguments import DistillationArguments
-from .capture import AttentionCapture
-from .losses import attention_kl_loss, attention_scores_mse_loss, hidden_mse_loss, logit_kd_loss
+from .losses import logit_kd_loss
 from .positions import COUNT_OF_LOSS, IGNORE_INDEX, batch_counts, logit_level, logit_mask
 from .preflight import check_teacher_student
+from .terms import AttentionTerm, HiddenTerm, single_stack_terms
 
 PROJECTIONS_NAME = "distillation_projections.safetensors"
 LOSS_WEIGHT_FIELDS = {
@@ -24,7 +24,6 @@ LOSS_WEIGHT_FIELDS = {
     "hidden_loss": "hidden_weight",
     "attention_loss": "attention_weight",
 }
-ATTENTION_LOSSES = {"mse": attention_scores_mse_loss, "kl": attention_kl_loss}
 
 
 class DistillationModel(nn.Module):
@@ -36,24 +35,42 @@ class DistillationModel(nn.Module):
 
     _keys_to_ignore_on_save = None
 
-    def __init__(self, student: PreTrainedModel, projections: nn.ModuleList | None = None):
+    def __init__(
+        self,
+        student: PreTrainedModel,
+        projections: nn.ModuleList | None = None,
+        hidden_outputs: tuple[str, ...] = ("hidden_states",),
+    ):
         super().__init__()
         self.student = student
-        # One projection per student hidden state (embeddings + each layer), student width -> teacher width.
+        # One projection per student hidden state (embeddings + each layer, of each stack in `hidden_outputs`
+        # order), student width -> teacher width.
         self.projections = projections
+        self.hidden_outputs = hidden_outputs
         self.config = student.config
         self.main_input_name = student.main_input_name
 
     def forward(self, project_hidden_states: bool = False, **inputs):
         """Run the student and return its outputs, as the student would (so `Trainer.predict` works unchanged);
-        with `project_hidden_states`, return (outputs, its hidden states at the teacher's width)."""
+        with `project_hidden_states`, return (outputs, {output name: its hidden states at the teacher's width})."""
         outputs = self.student(**inputs, output_hidden_states=project_hidden_states)
         if not project_hidden_states:
             return outputs
-        projected = tuple(
-            project(hidden) for project, hidden in zip(self.projections, outputs.hidden_states, strict=True)
-        )
+        projections, projected = iter(self.projections), {}
+        for name in self.hidden_outputs:
+            projected[name] = tuple(next(projections)(hidden) for hidden in getattr(outputs, name))
         return outputs, projected
+
+    def generate(self, *args, **kwargs):
+        return self.student.generate(*args, **kwargs)
+
+    @property
+    def generation_config(self):
+        return self.student.generation_config
+
+    @generation_config.setter
+    def generation_config(self, value) -> None:
+        self.student.generation_config = value
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
@@ -68,19 +85,12 @@ def _projections(student_width: int, teacher_width: int, count: int) -> nn.Modul
     return nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in range(count))
 
 
-class DistillationTrainer(Trainer):
-    """A [`Trainer`] that distils `teacher_model` into `model` (the student).
+class DistillationMixin:
+    """The distillation half of [`DistillationTrainer`] and [`Seq2SeqDistillationTrainer`]: put it before a
+    `Trainer` class in the bases. Subclasses that distil other model shapes override `_check_pair` and
+    `_layer_terms` (which layers and positions each layer-wise loss compares)."""
 
-    Takes every [`Trainer`] argument plus `teacher_model`; `args` must be a [`DistillationArguments`]. The teacher is
-    frozen, kept in eval mode, run without gradients on the student's device and inside the same autocast, and never
-    enters the optimizer. Component losses are logged next to `loss` as `hard_loss`, `logit_loss`, `hidden_loss` and
-    `attention_loss`. Evaluation reports the student's own task loss, or for a bare student (general distillation)
-    the distillation loss with its components as `eval_hidden_loss` and `eval_attention_loss`.
-
-    Logit KD runs over the positions that carry a prediction (see `nlpkd.positions`): per sequence for classifiers,
-    per labelled token for masked LMs, per next-token label for causal LMs. Each loss is divided by its count of
-    positions over the whole optimizer step, so gradient accumulation gives the gradients of one big batch.
-    """
+    seq2seq = False
 
     def __init__(
         self,
@@ -90,15 +100,22 @@ class DistillationTrainer(Trainer):
         **kwargs,
     ):
         if model is None or teacher_model is None:
-            raise ValueError("DistillationTrainer needs both `model` (the student) and `teacher_model`.")
+            raise ValueError(f"{type(self).__name__} needs both `model` (the student) and `teacher_model`.")
         if not isinstance(args, DistillationArguments):
             raise TypeError(f"args must be a DistillationArguments, got {type(args).__name__}.")
-        self.layer_map = check_teacher_student(teacher_model, model, args)
+        self.layer_map = self._check_pair(teacher_model, model, args)
+        self.hidden_terms, self.attention_terms = self._layer_terms(model, teacher_model, args)
         projections = None
-        if args.hidden_weight > 0:
-            count = model.config.num_hidden_layers + 1
-            projections = _projections(model.config.hidden_size, teacher_model.config.hidden_size, count)
-        super().__init__(model=DistillationModel(model, projections), args=args, **kwargs)
+        if self.hidden_terms:
+            projections = nn.ModuleList(
+                projection
+                for term in self.hidden_terms
+                for projection in _projections(
+                    self._width(model, term), self._width(teacher_model, term), len(term.layer_map) + 1
+                )
+            )
+        hidden_outputs = tuple(term.outputs for term in self.hidden_terms)
+        super().__init__(model=DistillationModel(model, projections, hidden_outputs), args=args, **kwargs)
         # The Trainer inspected the wrapper; labels and loss behaviour are the student's.
         if args.label_names is None:
             self.label_names = find_labels(type(model))
@@ -107,16 +124,20 @@ class DistillationTrainer(Trainer):
         # compute_loss scales each loss to its share of the optimizer step (see `_normalisers`).
         self.loss_is_scaled_for_ga = True
         self.logit_level = logit_level(model)
+        self._weights = {"hard_loss": args.hard_label_weight, "logit_loss": args.logit_weight}
+        self._counts_of = {name: COUNT_OF_LOSS[name] for name in self._weights}
+        for term in self.hidden_terms:
+            self._weights[term.name] = args.hidden_weight * term.weight
+            self._counts_of[term.name] = term.count
+        for term in self.attention_terms:
+            self._weights[term.name] = args.attention_weight * term.weight
+            self._counts_of[term.name] = term.count if args.attention_loss == "mse" else term.row_count
 
         self.teacher = None
         if args.needs_teacher:
             teacher_model.requires_grad_(False).eval()
             self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
-        self.student_attention = self.teacher_attention = None
-        if args.attention_weight > 0:
-            self.student_attention = AttentionCapture(model, list(range(1, len(self.layer_map) + 1)))
-            self.teacher_attention = AttentionCapture(teacher_model, self.layer_map)
-        self._causal_attention = self.student_attention is not None and self.student_attention.causal
+        self._causal_attention = any(term.causal for term in self.attention_terms)
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
         self._eval_component_sums: dict[str, torch.Tensor] = {}
@@ -124,6 +145,15 @@ class DistillationTrainer(Trainer):
         self._window_counts: dict[str, torch.Tensor] | None = None
         self._window_processes = 1
         self._saving_checkpoint = False
+
+    def _check_pair(self, teacher: PreTrainedModel, student: PreTrainedModel, args) -> list[int]:
+        return check_teacher_student(teacher, student, args)
+
+    def _layer_terms(self, student, teacher, args) -> tuple[list[HiddenTerm], list[AttentionTerm]]:
+        return single_stack_terms(student, teacher, self.layer_map, args.hidden_weight > 0, args.attention_weight > 0)
+
+    def _width(self, model: PreTrainedModel, term: HiddenTerm) -> int:
+        return model.config.hidden_size
 
     @property
     def student(self) -> PreTrainedModel:
@@ -135,7 +165,7 @@ class DistillationTrainer(Trainer):
             outputs = model(**inputs)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         outputs, losses = self._distillation_losses(model, inputs)
-        weights = {name: getattr(self.args, LOSS_WEIGHT_FIELDS[name]) for name in losses}
+        weights = self._weights
         if model.training:
             scales = self._normalisers(inputs)
             loss = sum(weights[name] * value * scales[name] for name, value in losses.items())
@@ -158,15 +188,15 @@ class DistillationTrainer(Trainer):
         args = self.args
         features = {name: value for name, value in inputs.items() if name not in self.label_names}
         student_inputs = inputs if args.hard_label_weight > 0 else features
-        with _recording(self.student_attention):
-            if args.hidden_weight > 0:
+        with _recording([term.student for term in self.attention_terms]):
+            if self.hidden_terms:
                 outputs, student_hidden = model(**student_inputs, project_hidden_states=True)
             else:
                 outputs, student_hidden = model(**student_inputs), None
         teacher_outputs = None
         if self.teacher is not None:
-            with torch.no_grad(), _recording(self.teacher_attention):
-                teacher_outputs = self.teacher(**features, output_hidden_states=args.hidden_weight > 0)
+            with torch.no_grad(), _recording([term.teacher for term in self.attention_terms]):
+                teacher_outputs = self.teacher(**features, output_hidden_states=bool(self.hidden_terms))
         return outputs, self._component_losses(inputs, outputs, student_hidden, teacher_outputs)
 
     def _normalisers(self, inputs) -> dict[str, torch.Tensor]:
@@ -175,13 +205,12 @@ class DistillationTrainer(Trainer):
         A per-micro-batch mean times this factor is that micro-batch's share of the mean over the whole step, so
         gradient accumulation and uneven lengths across micro-batches and processes give one big batch's gradients.
         """
-        local = batch_counts(inputs, self.logit_level, self._causal_attention)
+        local = batch_counts(inputs, self.logit_level, self._causal_attention, self.seq2seq)
         window, processes = self._window_counts, self._window_processes
         if window is None:  # called outside the training loop: the plain per-batch means
             window, processes = local, 1
         scales = {}
-        for name in LOSS_WEIGHT_FIELDS:
-            count = COUNT_OF_LOSS.get(name, "pairs" if self.args.attention_loss == "mse" else "tokens")
+        for name, count in self._counts_of.items():
             scales[name] = local[count] / window[count].clamp(min=1.0) * processes
         return scales
 
@@ -195,7 +224,9 @@ class DistillationTrainer(Trainer):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._window_counts, self._window_processes = None, 1
         if batch_samples:
-            per_batch = [batch_counts(batch, self.logit_level, self._causal_attention) for batch in batch_samples]
+            per_batch = [
+                batch_counts(batch, self.logit_level, self._causal_attention, self.seq2seq) for batch in batch_samples
+            ]
             names = list(per_batch[0])
             totals = torch.stack([sum(counts[name] for counts in per_batch) for name in names]).to(device)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -207,7 +238,6 @@ class DistillationTrainer(Trainer):
 
     def _component_losses(self, inputs, outputs, student_hidden, teacher_outputs) -> dict[str, torch.Tensor]:
         args = self.args
-        attention_mask = inputs.get("attention_mask")
         losses = {}
         if args.hard_label_weight > 0:
             if outputs.loss is None:
@@ -220,27 +250,10 @@ class DistillationTrainer(Trainer):
             losses["hard_loss"] = outputs.logits.sum() * 0.0 if no_labels else outputs.loss
         if args.logit_weight > 0:
             losses["logit_loss"] = self._logit_loss(inputs, outputs.logits, teacher_outputs.logits)
-        if args.hidden_weight > 0:
-            teacher_layers = [0, *self.layer_map]  # the embeddings map 0 -> 0
-            losses["hidden_loss"] = torch.stack(
-                [
-                    hidden_mse_loss(student, teacher_outputs.hidden_states[layer], attention_mask)
-                    for student, layer in zip(student_hidden, teacher_layers, strict=True)
-                ]
-            ).mean()
-        if args.attention_weight > 0:
-            attention_loss = ATTENTION_LOSSES[args.attention_loss]
-            losses["attention_loss"] = torch.stack(
-                [
-                    attention_loss(
-                        self.student_attention.scores(student_layer),
-                        self.teacher_attention.scores(teacher_layer),
-                        attention_mask,
-                        causal=self._causal_attention,
-                    )
-                    for student_layer, teacher_layer in enumerate(self.layer_map, start=1)
-                ]
-            ).mean()
+        for term in self.hidden_terms:
+            losses[term.name] = term.loss(student_hidden[term.outputs], teacher_outputs, inputs)
+        for term in self.attention_terms:
+            losses[term.name] = term.loss(inputs, args.attention_loss)
         return losses
 
     def _logit_loss(self, inputs, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -335,5 +348,24 @@ class DistillationTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
-def _recording(capture: AttentionCapture | None):
-    return capture.recording() if capture is not None else contextlib.nullcontext()
+class DistillationTrainer(DistillationMixin, Trainer):
+    """A [`Trainer`] that distils `teacher_model` into `model` (the student).
+
+    Takes every [`Trainer`] argument plus `teacher_model`; `args` must be a [`DistillationArguments`]. The teacher is
+    frozen, kept in eval mode, run without gradients on the student's device and inside the same autocast, and never
+    enters the optimizer. Component losses are logged next to `loss` as `hard_loss`, `logit_loss`, `hidden_loss` and
+    `attention_loss`. Evaluation reports the student's own task loss, or for a bare student (general distillation)
+    the distillation loss with its components as `eval_hidden_loss` and `eval_attention_loss`.
+
+    Logit KD runs over the positions that carry a prediction (see `nlpkd.positions`): per sequence for classifiers,
+    per labelled token for masked LMs, per next-token label for causal LMs. Each loss is divided by its count of
+    positions over the whole optimizer step, so gradient accumulation gives the gradients of one big batch.
+    """
+
+
+@contextlib.contextmanager
+def _recording(captures: list):
+    with contextlib.ExitStack() as stack:
+        for capture in captures:
+            stack.enter_context(capture.recording())
+        yield

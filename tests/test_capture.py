@@ -159,7 +159,8 @@ def test_unknown_projection_names_give_a_clear_error():
     ):
         AttentionCapture(model, [1])
     with pytest.raises(
-        ValueError, match=r"Set attention_weight=0, or add its names to nlpkd.capture.PROJECTION_NAMES"
+        ValueError,
+        match=r"Set attention_weight=0 \(or that stack's weight\), or add its names to nlpkd.capture.PROJECTION_NAMES",
     ):
         find_query_key(model.layers[0], "TinyCustomModel")
 

@@ -459,7 +459,7 @@ def test_bad_layer_map(tmp_path, teacher, student, layer_map, message, weight):
 def test_explicit_layer_map_is_used(tmp_path, teacher, student):
     trainer = make_trainer(tmp_path, teacher, student, layer_map=[1, 3], hidden_weight=1.0, attention_weight=1.0)
     assert trainer.layer_map == [1, 3]
-    assert trainer.teacher_attention.layers == [1, 3]
+    assert trainer.attention_terms[0].teacher.layers == [1, 3]
     assert make_trainer(tmp_path, teacher, make_student(), hidden_weight=1.0).layer_map == [2, 4]
 
 

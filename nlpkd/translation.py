@@ -1,0 +1,246 @@
+"""Translation data for the recipes: sentence pairs as `source` + `target`, tokenizers, and the default teacher."""
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+from transformers import DataCollatorForSeq2Seq
+from transformers.models.bart.modeling_bart import shift_tokens_right
+
+from .data import read_table
+from .positions import IGNORE_INDEX
+
+PAIR_COLUMNS = ("source", "target")
+TARGET_TOKENIZER_SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "bos_token": "<s>"}
+LANGUAGES_FILE = "nlpkd_languages.json"
+MAX_UNKNOWN_RATE = 0.05
+
+
+def load_translation_pairs(
+    source_lang: str,
+    target_lang: str,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    test_file: str | None = None,
+    validation_size: int = 500,
+    test_size: int = 1000,
+    seed: int = 42,
+) -> datasets.DatasetDict:
+    """Train/validation/test splits of `source` → `target` sentence pairs, or a ValueError naming what is wrong.
+
+    The source is `dataset_name` (a hub dataset with a `translation` column of {lang: text} dicts, as the WMT and
+    OPUS datasets have, or with one column per language), else local files (.tsv/.csv/.json/.jsonl with one
+    column per language code, e.g. `en` and `es`), else the embedded English–Spanish Bible verses
+    (`nlpkd.bible`, needs source_lang='en' and target_lang='es'). Missing validation/test splits are cut from the
+    shuffled train split with `seed` (`validation_size`, `test_size` pairs).
+    """
+    if dataset_name is not None and train_file is not None:
+        raise ValueError(
+            f"Give dataset_name or train_file, not both: got dataset_name={dataset_name!r}, train_file={train_file!r}."
+        )
+    if dataset_name is not None:
+        loaded = datasets.load_dataset(dataset_name, dataset_config_name)
+        splits = {
+            name: _pairs(_rows(loaded[name]), source_lang, target_lang, f"dataset {dataset_name!r} split {name!r}")
+            for name in loaded
+        }
+    elif train_file is not None:
+        files = {"train": train_file, "validation": validation_file, "test": test_file}
+        splits = {
+            name: _pairs(_table_rows(path, f"{name}_file={path!r}"), source_lang, target_lang, f"{name}_file={path!r}")
+            for name, path in files.items()
+            if path is not None
+        }
+    else:
+        if (source_lang, target_lang) != ("en", "es"):
+            raise ValueError(
+                f"The embedded default data is English→Spanish Bible verses, but source_lang={source_lang!r} and "
+                f"target_lang={target_lang!r}: pass --source_lang en --target_lang es, or your own pairs with "
+                "--dataset_name or --train_file."
+            )
+        splits = {"train": _bible_pairs()}
+    return _complete_splits(splits, validation_size, test_size, seed)
+
+
+def _bible_pairs() -> datasets.Dataset:
+    from .bible import verse_pairs
+
+    pairs = verse_pairs()
+    return datasets.Dataset.from_dict({"source": pairs["en"], "target": pairs["es"]})
+
+
+def _rows(dataset: datasets.Dataset) -> list[dict]:
+    if "translation" in dataset.column_names:
+        return list(dataset["translation"])
+    return dataset.to_list()
+
+
+def _table_rows(path: str, source: str) -> list[dict]:
+    return read_table(Path(path), source).to_dict("records")
+
+
+def _pairs(rows: list[dict], source_lang: str, target_lang: str, source: str) -> datasets.Dataset:
+    columns = sorted(rows[0]) if rows else []
+    missing = [lang for lang in (source_lang, target_lang) if lang not in columns]
+    if missing:
+        raise ValueError(
+            f"{source} has no column for {missing} (columns: {columns}): name the columns by language code, or pass "
+            "--source_lang/--target_lang matching them."
+        )
+    pairs = {"source": [], "target": []}
+    for line, row in enumerate(rows, start=1):
+        for lang, column in ((source_lang, "source"), (target_lang, "target")):
+            text = row[lang]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(
+                    f"{source} row {line} has an empty or missing {lang!r} text ({text!r}): remove the row or fill it."
+                )
+            pairs[column].append(text.strip())
+    return datasets.Dataset.from_dict(pairs)
+
+
+def _complete_splits(splits: dict, validation_size: int, test_size: int, seed: int) -> datasets.DatasetDict:
+    train = splits["train"].shuffle(seed=seed)
+    for name, size in (("test", test_size), ("validation", validation_size)):
+        if name not in splits:
+            if len(train) <= size:
+                raise ValueError(
+                    f"Cutting a {name} split of {size} pairs needs more than {size} training pairs, got {len(train)}: "
+                    f"pass a {name}_file or a smaller --{name}_size."
+                )
+            splits[name], train = train.select(range(size)), train.select(range(size, len(train)))
+    splits["train"] = train
+    return datasets.DatasetDict({name: splits[name] for name in ("train", "validation", "test")})
+
+
+def train_target_tokenizer(texts, vocab_size: int, language: str, output_dir: str):
+    """A SentencePiece (unigram, Metaspace) tokenizer trained on `texts`, saved to `output_dir` with its language.
+
+    Ids: <pad> 0, </s> 1, <unk> 2, <s> 3 (the decoder start). Every encoded text ends with </s>.
+    """
+    from tokenizers import SentencePieceUnigramTokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(TARGET_TOKENIZER_SPECIALS.values())
+    backend = SentencePieceUnigramTokenizer()
+    backend.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    backend = backend._tokenizer  # the `tokenizers.Tokenizer` inside the training wrapper
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **TARGET_TOKENIZER_SPECIALS)
+    tokenizer.save_pretrained(output_dir)
+    save_languages(output_dir, target=language)
+    return tokenizer
+
+
+def save_languages(directory: str, **languages: str) -> None:
+    """Record which language a saved tokenizer (or model) reads or writes, for `check_languages`."""
+    path = Path(directory) / LANGUAGES_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    recorded.update(languages)
+    os.makedirs(directory, exist_ok=True)
+    path.write_text(json.dumps(recorded))
+
+
+def check_languages(directory: str, **languages: str) -> None:
+    """Raise a ValueError when `directory` records other languages than those asked for (e.g. a cached es
+    tokenizer reused for --target_lang fr), or when a Marian tokenizer there names other languages."""
+    path = Path(directory) / LANGUAGES_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    for role, language in languages.items():
+        if role in recorded and recorded[role] != language:
+            raise ValueError(
+                f"{directory} was made for {role} language {recorded[role]!r}, but {role}_lang={language!r}: pass "
+                f"--{role}_lang {recorded[role]} or a tokenizer/teacher for {language!r}."
+            )
+
+
+def check_coverage(tokenizer, texts: list[str], field: str) -> None:
+    """Raise a ValueError when `tokenizer` maps more than MAX_UNKNOWN_RATE of the tokens of `texts` to unknown:
+    the tokenizer was made for another language or script than the data's."""
+    if tokenizer.unk_token_id is None:
+        return
+    ids = [token for text in texts for token in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    rate = sum(token == tokenizer.unk_token_id for token in ids) / max(len(ids), 1)
+    if rate > MAX_UNKNOWN_RATE:
+        raise ValueError(
+            f"The {field} tokenizer ({tokenizer.name_or_path or type(tokenizer).__name__}) reads {rate:.0%} of the "
+            f"{field} tokens as {tokenizer.unk_token}: it does not match the {field} language. Pass a tokenizer (or "
+            f"teacher) for that language, or check --{field}_lang."
+        )
+
+
+def tokenize_pairs(
+    dataset: datasets.Dataset,
+    source_tokenizer,
+    target_tokenizer,
+    max_source_length: int,
+    max_target_length: int,
+) -> datasets.Dataset:
+    """`input_ids`/`attention_mask` from `source`, `labels` from `target` (truncated, ending with the target's eos)."""
+
+    def encode(batch):
+        features = source_tokenizer(batch["source"], max_length=max_source_length, truncation=True)
+        features["labels"] = target_tokenizer(batch["target"], max_length=max_target_length, truncation=True)[
+            "input_ids"
+        ]
+        return features
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+def build_encoder_decoder(encoder_path: str, target_tokenizer, decoder_layers: int, seed: int):
+    """A BERT-style translation teacher: the pretrained encoder at `encoder_path` and a fresh BERT decoder of the
+    encoder's width with cross-attention, over the target tokenizer's vocabulary (an `EncoderDecoderModel`)."""
+    from transformers import AutoConfig, AutoModel, BertConfig, BertLMHeadModel, EncoderDecoderModel, set_seed
+
+    set_seed(seed)
+    encoder_config = AutoConfig.from_pretrained(encoder_path)
+    decoder_config = BertConfig(
+        vocab_size=len(target_tokenizer),
+        hidden_size=encoder_config.hidden_size,
+        num_hidden_layers=decoder_layers,
+        num_attention_heads=encoder_config.num_attention_heads,
+        intermediate_size=encoder_config.intermediate_size,
+        max_position_embeddings=encoder_config.max_position_embeddings,
+        pad_token_id=target_tokenizer.pad_token_id,
+        is_decoder=True,
+        add_cross_attention=True,
+    )
+    encoder = AutoModel.from_pretrained(encoder_path, add_pooling_layer=False)
+    model = EncoderDecoderModel(encoder=encoder, decoder=BertLMHeadModel(decoder_config))
+    set_target_token_ids(model, target_tokenizer)
+    return model
+
+
+def set_target_token_ids(model, target_tokenizer) -> None:
+    """Decoder start, pad and eos ids of the target tokenizer, in the config and the generation config."""
+    ids = dict(
+        decoder_start_token_id=target_tokenizer.bos_token_id,
+        pad_token_id=target_tokenizer.pad_token_id,
+        eos_token_id=target_tokenizer.eos_token_id,
+    )
+    for config in (model.config, model.generation_config):
+        for name, value in ids.items():
+            setattr(config, name, value)
+
+
+class Seq2SeqCollator(DataCollatorForSeq2Seq):
+    """Pads sources and labels (with -100) and adds `decoder_input_ids`, the labels shifted right behind the
+    decoder start token, so that every model in a step (student, teacher, baseline) reads the same decoder inputs
+    whether or not a loss pops the labels first."""
+
+    def __init__(self, tokenizer, decoder_start_token_id: int, pad_token_id: int, **kwargs):
+        super().__init__(tokenizer, label_pad_token_id=IGNORE_INDEX, **kwargs)
+        self.decoder_start_token_id = decoder_start_token_id
+        self.decoder_pad_token_id = pad_token_id
+
+    def __call__(self, features, return_tensors=None):
+        batch = super().__call__(features, return_tensors)
+        if "labels" in batch and "decoder_input_ids" not in batch:
+            batch["decoder_input_ids"] = shift_tokens_right(
+                batch["labels"], self.decoder_pad_token_id, self.decoder_start_token_id
+            )
+        return batch
