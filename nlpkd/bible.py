@@ -4,7 +4,9 @@ The modules ship in the Debian packages `sword-text-web` (World English Bible, N
 `sword-text-sparv` (Reina-Valera 1909, KJV versification); they are read with `pysword`, no `diatheke` needed.
 """
 
+import hashlib
 import html
+import json
 import os
 import re
 from pathlib import Path
@@ -62,8 +64,10 @@ def undo_drop_cap(text: str) -> str:
     return _DROP_CAP.sub(lambda match: match.group(1) + match.group(2).capitalize(), text)
 
 
-def read_verses(module_name: str, path: str | None = None) -> dict[tuple[str, int, int], str]:
-    """Every non-empty verse of a SWORD Bible, keyed by (OSIS book, chapter, verse)."""
+def read_verses(
+    module_name: str, path: str | None = None, books: set[str] | None = None
+) -> dict[tuple[str, int, int], str]:
+    """Every non-empty verse of a SWORD Bible (or of the OSIS `books`), keyed by (OSIS book, chapter, verse)."""
     from pysword.modules import SwordModules
 
     modules = SwordModules(path or sword_path())
@@ -72,6 +76,8 @@ def read_verses(module_name: str, path: str | None = None) -> dict[tuple[str, in
     verses = {}
     for testament in bible.get_structure().get_books().values():
         for book in testament:
+            if books is not None and book.osis_name not in books:
+                continue
             keys = [
                 (book.osis_name, chapter, verse)
                 for chapter, length in enumerate(book.chapter_lengths, start=1)
@@ -84,11 +90,35 @@ def read_verses(module_name: str, path: str | None = None) -> dict[tuple[str, in
     return verses
 
 
-def verse_pairs(path: str | None = None) -> dict[str, list[str]]:
+def verse_pairs(path: str | None = None, books: set[str] | None = None) -> dict[str, list[str]]:
     """Aligned (en, es) verse pairs in canonical order, without the misnumbered chapters and without pairs whose
-    character lengths differ by more than MAX_LENGTH_RATIO (a sign of a verse split differently)."""
-    english = read_verses(ENGLISH_MODULE, path)
-    spanish = read_verses(SPANISH_MODULE, path)
+    character lengths differ by more than MAX_LENGTH_RATIO (a sign of a verse split differently).
+
+    Reading both Bibles takes about a minute (pysword unpacks a whole book per verse), so the full set is cached
+    as JSON under $NLPKD_CACHE (default ~/.cache/nlpkd), keyed by the module files' names and sizes.
+    """
+    path = path or sword_path()
+    if books is not None:
+        return _aligned(read_verses(ENGLISH_MODULE, path, books), read_verses(SPANISH_MODULE, path, books))
+    cache = _cache_file(path)
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    pairs = _aligned(read_verses(ENGLISH_MODULE, path), read_verses(SPANISH_MODULE, path))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    return pairs
+
+
+def _cache_file(path: str) -> Path:
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and ("ztext" in p.parts or p.suffix == ".conf"))
+    signature = [(str(p.relative_to(path)), p.stat().st_size) for p in files]
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # a change in the cleaning rules is a new cache
+    key = hashlib.sha256(json.dumps([signature, code]).encode()).hexdigest()
+    cache_root = Path(os.environ.get("NLPKD_CACHE", Path.home() / ".cache" / "nlpkd"))
+    return cache_root / f"bible-pairs-{key[:12]}.json"
+
+
+def _aligned(english: dict, spanish: dict) -> dict[str, list[str]]:
     pairs = {"en": [], "es": []}
     for key, source in english.items():
         target = spanish.get(key)

@@ -103,7 +103,8 @@ def find_query_key(layer: nn.Module, model_name: str, cross: bool = False) -> Se
     known = ", ".join(f"{n.query}/{n.key}/{n.value}" for n in PROJECTION_NAMES)
     raise ValueError(
         f"Attention distillation does not know the {kind} projections of {model_name}: none of {known} found in "
-        f"its layers. Set attention_weight=0 (or that stack's weight), or add its names to nlpkd.capture.PROJECTION_NAMES."
+        f"its layers. Set attention_weight=0 (or that stack's weight), or add its names to "
+        "nlpkd.capture.PROJECTION_NAMES."
     )
 
 

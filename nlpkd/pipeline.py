@@ -118,6 +118,7 @@ def build_student(teacher: PreTrainedModel, student_args: StudentArguments, auto
             num_attention_heads=student_args.student_num_heads,
             intermediate_size=student_args.student_intermediate_size,
             init=student_args.student_init,
+            num_decoder_layers=student_args.student_decoder_layers,
         )
     label_kwargs = {}
     if "Classification" in type(teacher).__name__:
@@ -139,32 +140,40 @@ def distil_and_train_baseline(
     tokenizer,
     data_collator,
     compute_metrics=None,
+    trainer_class=None,
+    baseline_train_dataset=None,
 ):
-    """Stages 2 and 3 of every recipe: distil `student` (saved to output_dir), then train `baseline` — the same
-    student before distillation — on the labels alone with the same schedule (saved to output_dir/baseline)."""
+    """Stages 2 and 3 of every recipe: distil `student` (saved to output_dir) with `trainer_class` (default
+    DistillationTrainer), then train `baseline` — the same student before distillation — on the labels alone with
+    the same schedule (saved to output_dir/baseline), on `baseline_train_dataset` when the student's data differ
+    (sequence-level KD trains the student on the teacher's outputs, the baseline on the references)."""
     from .trainer import DistillationTrainer
 
     shared = dict(
-        train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=data_collator,
         compute_metrics=compute_metrics,
     )
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, **shared)
+    trainer_class = trainer_class or DistillationTrainer
+    trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, **shared)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     if baseline is not None:
         baseline_dir = os.path.join(args.output_dir, "baseline")
+        shared["train_dataset"] = train_dataset if baseline_train_dataset is None else baseline_train_dataset
         baseline_trainer = Trainer(model=baseline, args=plain_training_args(args, output_dir=baseline_dir), **shared)
         baseline_trainer.train()
         baseline_trainer.save_model(baseline_dir)
     return trainer
 
 
-def distillation_settings(args, layer_map: list[int]) -> dict:
-    """The distillation fields of `args` for results.json, with the resolved layer map."""
+def distillation_settings(args, layer_map: list[int] | dict[str, list[int]]) -> dict:
+    """The distillation fields of `args` for results.json, with the resolved layer map (per stack for seq2seq)."""
     fields = ("temperature", "hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
+    fields += tuple(
+        name for name in ("encoder_weight", "decoder_weight", "cross_attention_weight") if hasattr(args, name)
+    )
     settings = {name: getattr(args, name) for name in fields}
     settings.update(logit_loss=args.logit_loss, attention_loss=args.attention_loss, layer_map=layer_map or None)
     return settings

@@ -125,8 +125,9 @@ def batch_counts(inputs: dict, level: str, causal_attention: bool, seq2seq: bool
     tokens = torch.ones(batch, length, device=device) if attention_mask is None else attention_mask
     counts["tokens"] = tokens.sum()
     counts["pairs"] = pair_mask(tokens, length, causal_attention, device).sum()
-    if seq2seq and "decoder_input_ids" in inputs:
-        decoder_ids = inputs["decoder_input_ids"]
+    # The trainer makes decoder_input_ids from the labels after the batch is counted: they have the labels' shape.
+    decoder_ids = inputs.get("decoder_input_ids", labels)
+    if seq2seq and decoder_ids is not None:
         target = side_mask(inputs, "target")
         if target is None:
             target = torch.ones(decoder_ids.shape[:2], device=device)

@@ -82,3 +82,49 @@ def check_teacher_student(
             architectures,
         )
     return layer_map
+
+
+def check_seq2seq_pair(teacher: PreTrainedModel, student: PreTrainedModel, args) -> dict[str, list[int]]:
+    """Validate an encoder-decoder pair against `args`; return the resolved `encoder` and `decoder` layer maps."""
+    from .terms import num_stack_layers, stack_heads
+
+    if args.logit_weight > 0 and type(teacher).__name__ != type(student).__name__:
+        logger.warning(
+            "Teacher %s and student %s are different classes; word-level KD compares their target vocabularies "
+            "position by position.",
+            type(teacher).__name__,
+            type(student).__name__,
+        )
+    for part, get in (("source", "get_input_embeddings"), ("target", "get_output_embeddings")):
+        owner = (lambda model: model.get_encoder()) if part == "source" else (lambda model: model)
+        t_size = getattr(owner(teacher), get)().weight.shape[0]
+        s_size = getattr(owner(student), get)().weight.shape[0]
+        if t_size != s_size:
+            raise ValueError(
+                f"The {part} vocabularies differ: teacher {t_size} vs student {s_size} tokens. Both read the same "
+                "input_ids and labels, so they need the same tokenizers; build the student with "
+                "nlpkd.make_student(teacher)."
+            )
+    maps = {}
+    for stack in ("encoder", "decoder"):
+        requested = getattr(args, f"{stack}_layer_map")
+        stack_weight = getattr(args, f"{stack}_weight")
+        if stack == "decoder":
+            stack_weight = max(stack_weight, args.cross_attention_weight)
+        if (args.hidden_weight > 0 or args.attention_weight > 0) and stack_weight > 0:
+            try:
+                maps[stack] = resolve_layer_map(
+                    requested, num_stack_layers(student, stack), num_stack_layers(teacher, stack)
+                )
+            except ValueError as error:
+                raise ValueError(f"{stack}_layer_map: {error}") from None
+    if args.attention_weight > 0 and args.attention_loss == "mse":
+        for stack in maps:
+            t_heads, s_heads = stack_heads(teacher, stack), stack_heads(student, stack)
+            if t_heads != s_heads:
+                raise ValueError(
+                    f"attention_loss='mse' compares scores head by head, but the {stack} head counts differ: teacher "
+                    f"{t_heads} vs student {s_heads}. Use a student with {t_heads} {stack} heads, or "
+                    "attention_loss='kl' (compares head-averaged maps)."
+                )
+    return maps

@@ -43,6 +43,9 @@ class StudentArguments:
     student_hidden_size: int = field(default=312, metadata={"help": "Student width (TinyBERT4: 312)."})
     student_num_heads: int = field(default=12, metadata={"help": "Student attention heads (TinyBERT4: 12)."})
     student_intermediate_size: int = field(default=1200, metadata={"help": "Student FFN width (TinyBERT4: 1200)."})
+    student_decoder_layers: int | None = field(
+        default=None, metadata={"help": "Decoder depth of an encoder-decoder student (default: student_num_layers)."}
+    )
     student_init: Literal["random", "teacher_layers"] = field(
         default="random",
         metadata={

@@ -11,12 +11,15 @@ COLUMNS = (
     ("perplexity", "perplexity", 1, 2),
     ("accuracy", "accuracy %", 100, 1),
     ("f1", "f1 %", 100, 1),
+    ("bleu", "BLEU", 1, 1),
+    ("chrf", "chrF", 1, 1),
     ("params", "params M", 1e-6, 2),
     ("size_mb", "size MB", 1, 1),
     ("latency_ms_b1", "latency b1 ms", 1, 1),
     ("throughput_b32", "throughput b32 /s", 1, 1),
 )
-QUALITY_KEYS = ("perplexity", "accuracy", "f1")
+QUALITY_KEYS = ("perplexity", "accuracy", "f1", "bleu", "chrf")
+RETAINED_KEYS = ("accuracy", "bleu")  # higher-is-better scores whose teacher share is worth a line
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -92,6 +95,37 @@ def inference_cost(model: torch.nn.Module, tokenizer, typical_text: str, texts: 
     }
 
 
+def generation_latency(
+    model: torch.nn.Module,
+    tokenizer,
+    text: str,
+    warmup: int = 2,
+    repeats: int = 10,
+    max_length: int = 128,
+    **generate_kwargs,
+) -> float:
+    """Median milliseconds to translate (generate from) one `text` at batch 1, in eval mode, with `generate_kwargs`
+    (e.g. num_beams); the model's train/eval mode is restored afterwards."""
+    device = next(model.parameters()).device
+    inputs = tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt").to(device)
+    inputs.pop("token_type_ids", None)
+    was_training = model.training
+    model.eval()
+    seconds = []
+    try:
+        with torch.inference_mode():
+            for step in range(warmup + repeats):
+                _synchronize(device)
+                start = time.perf_counter()
+                model.generate(**inputs, **generate_kwargs)
+                _synchronize(device)
+                if step >= warmup:
+                    seconds.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return 1000 * statistics.median(seconds)
+
+
 def accuracy_confidence_interval(accuracy: float, n: int, z: float = 1.96) -> float:
     """Half-width of the normal-approximation confidence interval (95 % for z=1.96) of an accuracy on n examples."""
     if not 0 <= accuracy <= 1 or n < 1:
@@ -116,10 +150,11 @@ def format_results_table(results: dict) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     teacher = models.get("teacher", {})
     others = {name: entry for name, entry in models.items() if name != "teacher"}
+    key = next((key for key in RETAINED_KEYS if teacher.get(key)), "accuracy")
     retention = [
-        f"{name} {entry['accuracy'] / teacher['accuracy']:.1%}"
+        f"{name} {entry[key] / teacher[key]:.1%}"
         for name, entry in others.items()
-        if entry.get("accuracy") is not None and teacher.get("accuracy")
+        if entry.get(key) is not None and teacher.get(key)
     ]
     speedup = [
         f"{name} {teacher['latency_ms_b1'] / entry['latency_ms_b1']:.1f}×"
@@ -127,7 +162,7 @@ def format_results_table(results: dict) -> str:
         if entry.get("latency_ms_b1") and teacher.get("latency_ms_b1")
     ]
     if retention:
-        lines.append("retention of teacher accuracy: " + ", ".join(retention))
+        lines.append(f"retention of teacher {key}: " + ", ".join(retention))
     if speedup:
         lines.append("speed-up over teacher at batch 1: " + ", ".join(speedup))
     return "\n".join(lines)
@@ -143,6 +178,6 @@ def _format_cell(entry: dict, key: str, scale: float, decimals: int) -> str:
     if value is None:
         return "-"
     cell = f"{value * scale:.{decimals}f}"
-    if key == "accuracy" and entry.get("accuracy_ci") is not None:
-        cell += f" ± {entry['accuracy_ci'] * scale:.{decimals}f}"
+    if entry.get(f"{key}_ci") is not None:
+        cell += f" ± {entry[f'{key}_ci'] * scale:.{decimals}f}"
     return cell

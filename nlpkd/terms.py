@@ -165,3 +165,10 @@ def stack_width(model: nn.Module, stack: str) -> int:
     """Hidden width of a seq2seq model's `encoder` or `decoder` (of the model itself for other stacks)."""
     config = getattr(model.config, stack, model.config) if stack in ("encoder", "decoder") else model.config
     return config.hidden_size
+
+
+def stack_heads(model: nn.Module, stack: str) -> int:
+    """Attention heads of the first layer of a seq2seq model's `encoder` or `decoder`."""
+    from .capture import find_query_key
+
+    return find_query_key(stack_layers(model, stack)[0], type(model).__name__).num_heads

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import DataCollatorForSeq2Seq
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
@@ -244,3 +245,43 @@ class Seq2SeqCollator(DataCollatorForSeq2Seq):
                 batch["labels"], self.decoder_pad_token_id, self.decoder_start_token_id
             )
         return batch
+
+
+def translate(
+    model,
+    source_tokenizer,
+    target_tokenizer,
+    sources: list[str],
+    batch_size: int = 64,
+    max_source_length: int = 128,
+    **generate_kwargs,
+) -> list[str]:
+    """Translations of `sources` by `model.generate(**generate_kwargs)`, in order (batched by length for speed)."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
+    translations = [""] * len(sources)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        batch = source_tokenizer(
+            [sources[index] for index in indices],
+            padding=True,
+            truncation=True,
+            max_length=max_source_length,
+            return_tensors="pt",
+        ).to(device)
+        batch.pop("token_type_ids", None)
+        with torch.no_grad():
+            generated = model.generate(**batch, **generate_kwargs)
+        for index, text in zip(
+            indices, target_tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True
+        ):
+            translations[index] = text.strip()
+    return translations
+
+
+def score_translations(translations: list[str], references: list[str], n_bootstrap: int = 1000) -> dict:
+    """BLEU and chrF (sacrebleu, through the shipped metric module) with bootstrap 95 % half-widths."""
+    from .metrics import load_metric
+
+    return load_metric("sacrebleu").compute(predictions=translations, references=references, n_bootstrap=n_bootstrap)

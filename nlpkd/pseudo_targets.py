@@ -1,0 +1,107 @@
+"""Sequence-level knowledge distillation (Kim & Rush, 2016): the student learns the teacher's translations.
+
+The teacher translates the training sources once with beam search; its outputs replace (or join) the reference
+targets. They are cached on disk as a `datasets` dataset keyed by a fingerprint of the teacher's weights, the
+tokenized sources and the generation settings, so every later run (another student, another seed) reuses them.
+"""
+
+import hashlib
+import logging
+import os
+
+import datasets
+import torch
+from transformers import PreTrainedModel
+
+from .pipeline import fingerprint
+from .positions import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+COMPLETE_MARKER = "nlpkd_pseudo_targets_complete"
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """A hash of the model's class, config and every weight: two teachers share it only if they are the same."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def teacher_translations(
+    teacher: PreTrainedModel,
+    dataset: datasets.Dataset,
+    cache_dir: str,
+    pad_token_id: int,
+    num_beams: int = 4,
+    max_new_tokens: int = 128,
+    batch_size: int = 64,
+) -> datasets.Dataset:
+    """`dataset` (tokenized: input_ids, attention_mask, labels) with `labels` replaced by the teacher's beam-search
+    translations of `input_ids` (ending with its eos), generated once and then loaded from
+    `cache_dir/<fingerprint>`."""
+    settings = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
+    key = fingerprint(model_fingerprint(teacher), dataset["input_ids"], settings)
+    path = os.path.join(cache_dir, key)
+    if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+        logger.info("Loading the teacher's translations from %s", path)
+        cached = datasets.load_from_disk(path)
+        if len(cached) != len(dataset):
+            raise ValueError(
+                f"The cached teacher translations in {path} hold {len(cached)} rows for {len(dataset)} sources: the "
+                "cache is corrupt. Delete that folder to generate them again."
+            )
+        return dataset.remove_columns("labels").add_column("labels", cached["labels"])
+    logger.info(
+        "Translating %d training sources with the teacher (beam %d), once; cached in %s", len(dataset), num_beams, path
+    )
+    labels = _generate(teacher, dataset, settings, batch_size)
+    datasets.Dataset.from_dict({"labels": labels}).save_to_disk(path)
+    open(os.path.join(path, COMPLETE_MARKER), "w").close()
+    return dataset.remove_columns("labels").add_column("labels", labels)
+
+
+def _generate(teacher: PreTrainedModel, dataset: datasets.Dataset, settings: dict, batch_size: int) -> list[list[int]]:
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    pad = settings["pad_token_id"]
+    sources = dataset["input_ids"]
+    # Sources of similar length batch together: far less padding to run through beam search.
+    order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
+    labels: list[list[int] | None] = [None] * len(sources)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        width = max(len(sources[index]) for index in indices)
+        input_ids = torch.full((len(indices), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, index in enumerate(indices):
+            input_ids[row, : len(sources[index])] = torch.tensor(sources[index])
+            attention_mask[row, : len(sources[index])] = 1
+        with torch.no_grad():
+            generated = teacher.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                num_beams=settings["num_beams"],
+                max_new_tokens=settings["max_new_tokens"],
+            )
+        for row, index in enumerate(indices):
+            labels[index] = _as_labels(generated[row, 1:].tolist(), teacher.generation_config.eos_token_id, pad)
+        if start // batch_size % 20 == 0:
+            logger.info("Teacher translations: %d / %d", start + len(indices), len(order))
+    return labels
+
+
+def _as_labels(tokens: list[int], eos_token_id, pad_token_id: int) -> list[int]:
+    """Generated tokens after the decoder start -> labels: up to and including the first eos, no padding."""
+    eos = set(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+    labels = []
+    for token in tokens:
+        if token in eos:
+            labels.append(token)
+            break
+        if token == pad_token_id or token == IGNORE_INDEX:
+            break
+        labels.append(token)
+    return labels

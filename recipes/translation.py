@@ -1,0 +1,303 @@
+"""Distil a translation model: word-level and sequence-level KD into a smaller encoder-decoder, plus a baseline.
+
+    python recipes/translation.py                      # embedded default: English→Spanish Bible verses, offline
+    python recipes/translation.py --dataset_name opus_books --dataset_config_name en-es \
+        --source_lang en --target_lang es --teacher_model_name_or_path Helsinki-NLP/opus-mt-en-es
+    python recipes/translation.py --train_file pairs.tsv --source_lang en --target_lang de   # columns `en`, `de`
+
+A teacher that is already a seq2seq model (Marian, BART, T5, an EncoderDecoderModel) is distilled as it is. Any
+other checkpoint (by default the packaged MiniLM BERT) becomes the encoder of a BERT-style EncoderDecoderModel
+whose decoder writes a SentencePiece vocabulary trained on the target side; that teacher is trained once and
+cached. The teacher then translates the training sources once (sequence-level KD, cached), the student learns
+from those translations and from the teacher's word distributions, and a baseline of the same shape learns from
+the references alone. results.json holds BLEU and chrF (with bootstrap 95 % intervals), params, size and latency.
+"""
+
+import copy
+import logging
+import os
+from dataclasses import dataclass, field
+
+import datasets
+from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, set_seed
+
+from nlpkd import Seq2SeqDistillationArguments, Seq2SeqDistillationTrainer
+from nlpkd.assets import minilm_path
+from nlpkd.cli import parse_recipe_args
+from nlpkd.pipeline import (
+    build_student,
+    distil_and_train_baseline,
+    distillation_settings,
+    finetune_teacher_once,
+    fingerprint,
+    report_results,
+)
+from nlpkd.pseudo_targets import teacher_translations
+from nlpkd.recipe_args import StudentArguments, TeacherArguments
+from nlpkd.report import count_parameters, generation_latency, model_size_mb
+from nlpkd.translation import (
+    Seq2SeqCollator,
+    build_encoder_decoder,
+    check_coverage,
+    check_languages,
+    load_translation_pairs,
+    score_translations,
+    tokenize_pairs,
+    train_target_tokenizer,
+    translate,
+)
+
+logger = logging.getLogger(__name__)
+
+SEQ2SEQ_ARCHITECTURES = ("ForConditionalGeneration", "EncoderDecoderModel")
+# Teacher-only training settings of the embedded default's from-scratch decoder.
+TEACHER_TRAINING = dict(
+    label_smoothing_factor=0.1,
+    warmup_steps=0.05,
+    weight_decay=0.01,
+    train_sampling_strategy="group_by_length",
+    save_strategy="steps",
+    save_steps=300,
+    save_total_limit=1,
+)
+
+
+# The embedded default's settings; a config file or flags override them.
+DEFAULTS = dict(
+    output_dir=os.path.join("outputs", "translation"),
+    # Word-level KD (T = 1) plus the student's own loss, both on the teacher's beam-search translations.
+    temperature=1.0,
+    hard_label_weight=0.5,
+    logit_weight=0.5,
+    hidden_weight=0.0,
+    attention_weight=0.0,
+    num_train_epochs=2,
+    learning_rate=3e-4,
+    warmup_steps=0.05,
+    weight_decay=0.01,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    train_sampling_strategy="group_by_length",
+    eval_strategy="no",
+    save_strategy="steps",
+    save_steps=500,
+    save_total_limit=1,
+    logging_steps=50,
+    report_to="none",
+    disable_tqdm=True,
+    generation_num_beams=4,
+    generation_max_length=128,
+    # The teacher: the MiniLM encoder with a new 3-layer decoder, trained once (about 50 minutes on 2 CPU cores).
+    teacher_num_train_epochs=2.0,
+    teacher_learning_rate=3e-4,
+    # The student: half the encoder, one decoder layer (a deep encoder and a shallow decoder decode fast), the
+    # teacher's width, started from the teacher's uniformly mapped layers.
+    student_num_layers=3,
+    student_decoder_layers=1,
+    student_hidden_size=384,
+    student_num_heads=12,
+    student_intermediate_size=1536,
+    student_init="teacher_layers",
+)
+
+
+@dataclass
+class TranslationDataArguments:
+    source_lang: str = field(default="en", metadata={"help": "Source language code (a column or translation key)."})
+    target_lang: str = field(default="es", metadata={"help": "Target language code."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A hub translation dataset or local folder."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local .tsv/.csv/.json/.jsonl pairs with one column per language code."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation pairs."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test pairs."})
+    validation_size: int = field(default=500, metadata={"help": "Pairs cut from train when there is no validation."})
+    test_size: int = field(default=1000, metadata={"help": "Pairs cut from train when there is no test split."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the held-out splits (apart from --seed)."})
+    max_source_length: int = field(default=128, metadata={"help": "Source tokens kept per pair."})
+    max_target_length: int = field(default=128, metadata={"help": "Target tokens kept per pair."})
+    target_vocab_size: int = field(
+        default=8000, metadata={"help": "Vocabulary of the SentencePiece target tokenizer trained for a new decoder."}
+    )
+    teacher_decoder_layers: int = field(
+        default=3, metadata={"help": "Layers of the decoder a new encoder-decoder teacher gets."}
+    )
+    tokenizer_cache_dir: str = field(
+        default="outputs/tokenizers", metadata={"help": "Where trained target tokenizers are kept for reuse."}
+    )
+    sequence_level_kd: bool = field(
+        default=True, metadata={"help": "Train the student on the teacher's beam-search translations (Kim & Rush)."}
+    )
+    mix_references: bool = field(
+        default=False, metadata={"help": "With sequence_level_kd: train on the references and the teacher's outputs."}
+    )
+    pseudo_target_cache_dir: str = field(
+        default="outputs/pseudo_targets", metadata={"help": "Where the teacher's translations are kept for reuse."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Distil on at most this many pairs."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Score at most this many test pairs."})
+    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the BLEU/chrF intervals."})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    types = (TranslationDataArguments, TeacherArguments, StudentArguments, Seq2SeqDistillationArguments)
+    data_args, teacher_args, student_args, args = parse_recipe_args(types, DEFAULTS, argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    pairs = load_pairs(data_args)
+    logger.info("Pairs: %s", {split: len(rows) for split, rows in pairs.items()})
+
+    # Stage 1: the teacher (trained once when it is not a translation model yet, then reused).
+    teacher, source_tokenizer, target_tokenizer = prepare_teacher(data_args, teacher_args, args, pairs)
+    check_coverage(target_tokenizer, pairs["train"]["target"][:200], "target")
+    lengths = (data_args.max_source_length, data_args.max_target_length)
+    train = pairs["train"]
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    references = tokenize_pairs(train, source_tokenizer, target_tokenizer, *lengths)
+    test = pairs["test"]
+    if data_args.max_eval_samples is not None:
+        test = test.select(range(min(data_args.max_eval_samples, len(test))))
+
+    # Stage 2: sequence-level KD data, the teacher's translations of the training sources (generated once).
+    student_train = references
+    if data_args.sequence_level_kd:
+        translated = teacher_translations(
+            teacher,
+            references,
+            data_args.pseudo_target_cache_dir,
+            target_tokenizer.pad_token_id,
+            num_beams=args.generation_num_beams or 1,
+            max_new_tokens=data_args.max_target_length,
+        )
+        student_train = (
+            datasets.concatenate_datasets([references, translated]) if data_args.mix_references else translated
+        )
+
+    # Stage 3: distil the student; then the baseline, the same student trained on the references alone.
+    set_seed(args.seed)
+    student = build_student(teacher, student_args, type(teacher))
+    baseline = None if student_args.no_baseline else copy.deepcopy(student)
+    collator = Seq2SeqCollator(
+        source_tokenizer, teacher.generation_config.decoder_start_token_id, target_tokenizer.pad_token_id
+    )
+    trainer = distil_and_train_baseline(
+        student,
+        baseline,
+        teacher,
+        args,
+        student_train,
+        None,
+        source_tokenizer,
+        collator,
+        trainer_class=Seq2SeqDistillationTrainer,
+        baseline_train_dataset=references,
+    )
+    target_tokenizer.save_pretrained(os.path.join(args.output_dir, "target_tokenizer"))
+
+    # Stage 4: BLEU and chrF on the held-out pairs, size and latency for each model.
+    generate_kwargs = dict(num_beams=args.generation_num_beams or 1, max_new_tokens=data_args.max_target_length)
+    models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
+    typical = sorted(test["source"], key=len)[len(test) // 2]
+    results = {}
+    for name, model in models.items():
+        if model is None:
+            continue
+        translations = translate(model, source_tokenizer, target_tokenizer, test["source"], **generate_kwargs)
+        results[name] = {
+            **score_translations(translations, test["target"], data_args.n_bootstrap),
+            "params": count_parameters(model),
+            "size_mb": model_size_mb(model),
+            "latency_ms_b1": generation_latency(model, source_tokenizer, typical, **generate_kwargs),
+            "examples": translations[:3],
+        }
+        logger.info("%s: BLEU %.2f chrF %.2f", name, results[name]["bleu"], results[name]["chrf"])
+    results["retention"] = results["student"]["bleu"] / results["teacher"]["bleu"]
+    results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
+    results["num_test_pairs"] = len(test)
+    results["sequence_level_kd"] = data_args.sequence_level_kd
+    results["distillation"] = distillation_settings(args, trainer.layer_map)
+    report_results(results, models, args.output_dir)
+    return results
+
+
+def is_seq2seq(model_name_or_path: str) -> bool:
+    architectures = AutoConfig.from_pretrained(model_name_or_path).architectures or []
+    return any(name.endswith(SEQ2SEQ_ARCHITECTURES) for name in architectures)
+
+
+def prepare_teacher(data_args, teacher_args, args, pairs):
+    """The teacher and its (source, target) tokenizers: a seq2seq checkpoint as it is, or a new encoder-decoder
+    around the checkpoint's encoder, trained once on the training pairs and cached."""
+    teacher_path = teacher_args.teacher_model_name_or_path or minilm_path()
+    if is_seq2seq(teacher_path):
+        from transformers import AutoModelForSeq2SeqLM
+
+        tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+        check_languages(teacher_path, source=data_args.source_lang, target=data_args.target_lang)
+        check_coverage(tokenizer, pairs["train"]["source"][:200], "source")
+        return AutoModelForSeq2SeqLM.from_pretrained(teacher_path), tokenizer, tokenizer
+
+    source_tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    check_coverage(source_tokenizer, pairs["train"]["source"][:200], "source")
+    target_tokenizer = target_tokenizer_once(data_args, pairs["train"]["target"])
+    tokenized = tokenize_pairs(
+        pairs["train"], source_tokenizer, target_tokenizer, data_args.max_source_length, data_args.max_target_length
+    )
+    collator = Seq2SeqCollator(source_tokenizer, target_tokenizer.bos_token_id, target_tokenizer.pad_token_id)
+    key = (
+        "translation",
+        data_args.source_lang,
+        data_args.target_lang,
+        fingerprint(pairs["train"]["source"], pairs["train"]["target"]),
+        data_args.max_source_length,
+        data_args.max_target_length,
+        data_args.target_vocab_size,
+        data_args.teacher_decoder_layers,
+    )
+    teacher = finetune_teacher_once(
+        EncoderDecoderModel,
+        teacher_path,
+        key,
+        teacher_args,
+        args,
+        tokenized,
+        collator,
+        source_tokenizer,
+        build=lambda: build_encoder_decoder(
+            teacher_path, target_tokenizer, data_args.teacher_decoder_layers, teacher_args.teacher_seed
+        ),
+        training_changes=TEACHER_TRAINING,
+    )
+    return teacher, source_tokenizer, target_tokenizer
+
+
+def target_tokenizer_once(data_args, texts):
+    """A SentencePiece tokenizer trained on the training targets, kept under tokenizer_cache_dir by fingerprint."""
+    key = fingerprint(data_args.target_lang, data_args.target_vocab_size, texts)
+    directory = os.path.join(data_args.tokenizer_cache_dir, f"{data_args.target_lang}-{key}")
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        check_languages(directory, target=data_args.target_lang)
+        return AutoTokenizer.from_pretrained(directory)
+    logger.info("Training a %d-piece SentencePiece tokenizer on %d targets", data_args.target_vocab_size, len(texts))
+    return train_target_tokenizer(texts, data_args.target_vocab_size, data_args.target_lang, directory)
+
+
+def load_pairs(data_args):
+    return load_translation_pairs(
+        data_args.source_lang,
+        data_args.target_lang,
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        validation_size=data_args.validation_size,
+        test_size=data_args.test_size,
+        seed=data_args.split_seed,
+    )
+
+
+if __name__ == "__main__":
+    main()
