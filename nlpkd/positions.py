@@ -124,7 +124,8 @@ def batch_counts(inputs: dict, level: str, causal_attention: bool, seq2seq: bool
         counts["logits"] = torch.tensor(batch * positions, device=device)
     tokens = torch.ones(batch, length, device=device) if attention_mask is None else attention_mask
     counts["tokens"] = tokens.sum()
-    counts["pairs"] = pair_mask(tokens, length, causal_attention, device).sum()
+    # A seq2seq model's `pairs` are its encoder's, never causal (`causal_attention` then says so of the decoder).
+    counts["pairs"] = pair_mask(tokens, length, causal_attention and not seq2seq, device).sum()
     # The trainer makes decoder_input_ids from the labels after the batch is counted: they have the labels' shape.
     decoder_ids = inputs.get("decoder_input_ids", labels)
     if seq2seq and decoder_ids is not None:

@@ -109,8 +109,14 @@ def _copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel) -> 
         )
     for teacher_layers, student_layers in stacks:
         layer_map = uniform_layer_map(len(student_layers), len(teacher_layers))
-        for student_layer, teacher_layer in zip(student_layers, layer_map, strict=True):
-            student_layer.load_state_dict(teacher_layers[teacher_layer - 1].state_dict())
+        for index, (student_layer, teacher_layer) in enumerate(zip(student_layers, layer_map, strict=True)):
+            state = teacher_layers[teacher_layer - 1].state_dict()
+            # T5 keeps the relative position bias that every layer adds in its first layer only: a student layer's
+            # weights that its mapped teacher layer lacks come from the teacher layer in the same place.
+            same_place = teacher_layers[index].state_dict()
+            missing = student_layer.state_dict().keys() - state.keys()
+            state.update({name: same_place[name] for name in missing if name in same_place})
+            student_layer.load_state_dict(state)
     # Everything outside the layer stacks (embeddings, pooler, task head) is copied by name.
     layer_params = {id(p) for _, student_layers in stacks for p in student_layers.parameters()}
     teacher_state = teacher.state_dict()
