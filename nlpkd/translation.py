@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from transformers import DataCollatorForSeq2Seq
 from transformers.models.bart.modeling_bart import shift_tokens_right
@@ -145,11 +146,16 @@ def save_languages(directory: str, **languages: str) -> None:
     path.write_text(json.dumps(recorded))
 
 
-def check_languages(directory: str, **languages: str) -> None:
+def check_languages(directory: str, tokenizer=None, **languages: str) -> None:
     """Raise a ValueError when `directory` records other languages than those asked for (e.g. a cached es
-    tokenizer reused for --target_lang fr), or when a Marian tokenizer there names other languages."""
+    tokenizer reused for --target_lang fr), or when `tokenizer` names other languages (Marian's `source_lang` and
+    `target_lang`)."""
     path = Path(directory) / LANGUAGES_FILE
     recorded = json.loads(path.read_text()) if path.is_file() else {}
+    for role in ("source", "target"):
+        named = getattr(tokenizer, f"{role}_lang", None)
+        if isinstance(named, str) and role not in recorded:
+            recorded[role] = named
     for role, language in languages.items():
         if role in recorded and recorded[role] != language:
             raise ValueError(
@@ -179,14 +185,20 @@ def tokenize_pairs(
     target_tokenizer,
     max_source_length: int,
     max_target_length: int,
+    source_prefix: str = "",
 ) -> datasets.Dataset:
-    """`input_ids`/`attention_mask` from `source`, `labels` from `target` (truncated, ending with the target's eos)."""
+    """`input_ids`/`attention_mask` from `source_prefix` + `source`, `labels` from `target` (truncated, ending with
+    the target's eos). One tokenizer for both sides (Marian, T5, mBART) encodes the targets as `text_target`."""
 
     def encode(batch):
-        features = source_tokenizer(batch["source"], max_length=max_source_length, truncation=True)
-        features["labels"] = target_tokenizer(batch["target"], max_length=max_target_length, truncation=True)[
-            "input_ids"
-        ]
+        sources = [source_prefix + text for text in batch["source"]]
+        features = source_tokenizer(sources, max_length=max_source_length, truncation=True)
+        if target_tokenizer is source_tokenizer:
+            targets = source_tokenizer(text_target=batch["target"], max_length=max_target_length, truncation=True)
+        else:
+            targets = target_tokenizer(batch["target"], max_length=max_target_length, truncation=True)
+        features["labels"] = targets["input_ids"]
+        features.pop("token_type_ids", None)
         return features
 
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
@@ -240,7 +252,7 @@ class Seq2SeqCollator(DataCollatorForSeq2Seq):
 
     def __call__(self, features, return_tensors=None):
         batch = super().__call__(features, return_tensors)
-        if "labels" in batch and "decoder_input_ids" not in batch:
+        if batch.get("labels") is not None and "decoder_input_ids" not in batch:  # unlabelled: no shift
             batch["decoder_input_ids"] = shift_tokens_right(
                 batch["labels"], self.decoder_pad_token_id, self.decoder_start_token_id
             )
@@ -285,3 +297,21 @@ def score_translations(translations: list[str], references: list[str], n_bootstr
     from .metrics import load_metric
 
     return load_metric("sacrebleu").compute(predictions=translations, references=references, n_bootstrap=n_bootstrap)
+
+
+def translation_metrics(target_tokenizer, n_bootstrap: int = 1):
+    """A `compute_metrics` for `Seq2SeqTrainer(..., args=...predict_with_generate=True)`: decodes the generated ids
+    and the labels with `target_tokenizer` and returns BLEU and chrF (sacrebleu)."""
+
+    def compute_metrics(prediction) -> dict[str, float]:
+        generated, labels = prediction.predictions, prediction.label_ids
+        if isinstance(generated, tuple):
+            generated = generated[0]
+        pad = target_tokenizer.pad_token_id
+        generated = np.where(generated < 0, pad, generated)  # -100 where the Trainer padded across batches
+        labels = np.where(labels == IGNORE_INDEX, pad, labels)
+        translations = [text.strip() for text in target_tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        references = [text.strip() for text in target_tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        return score_translations(translations, references, n_bootstrap)
+
+    return compute_metrics

@@ -49,7 +49,8 @@ from nlpkd.translation import (
 
 logger = logging.getLogger(__name__)
 
-SEQ2SEQ_ARCHITECTURES = ("ForConditionalGeneration", "EncoderDecoderModel")
+# Marian checkpoints (Helsinki-NLP/opus-mt-*) are `MarianMTModel`s, SeamlessM4T's text model `...ForTextToText`.
+SEQ2SEQ_ARCHITECTURES = ("ForConditionalGeneration", "EncoderDecoderModel", "MTModel", "ForTextToText")
 # Teacher-only training settings of the embedded default's from-scratch decoder.
 TEACHER_TRAINING = dict(
     label_smoothing_factor=0.1,
@@ -213,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
             "examples": translations[:3],
         }
         logger.info("%s: BLEU %.2f chrF %.2f", name, results[name]["bleu"], results[name]["chrf"])
-    results["retention"] = results["student"]["bleu"] / results["teacher"]["bleu"]
+    # A teacher scoring BLEU 0 (e.g. a short run) has no retention to report, and must not crash the run here.
+    teacher_bleu = results["teacher"]["bleu"]
+    results["retention"] = results["student"]["bleu"] / teacher_bleu if teacher_bleu > 0 else None
     results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
     results["num_test_pairs"] = len(test)
     results["sequence_level_kd"] = data_args.sequence_level_kd
@@ -235,7 +238,7 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
         from transformers import AutoModelForSeq2SeqLM
 
         tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-        check_languages(teacher_path, source=data_args.source_lang, target=data_args.target_lang)
+        check_languages(teacher_path, tokenizer, source=data_args.source_lang, target=data_args.target_lang)
         check_coverage(tokenizer, pairs["train"]["source"][:200], "source")
         return AutoModelForSeq2SeqLM.from_pretrained(teacher_path), tokenizer, tokenizer
 
