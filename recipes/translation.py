@@ -116,6 +116,9 @@ class TranslationDataArguments:
     validation_size: int = field(default=500, metadata={"help": "Pairs cut from train when there is no validation."})
     test_size: int = field(default=1000, metadata={"help": "Pairs cut from train when there is no test split."})
     split_seed: int = field(default=42, metadata={"help": "Seed of the held-out splits (apart from --seed)."})
+    source_prefix: str = field(
+        default="", metadata={"help": "Text put before every source, e.g. 'translate English to Spanish: ' for T5."}
+    )
     max_source_length: int = field(default=128, metadata={"help": "Source tokens kept per pair."})
     max_target_length: int = field(default=128, metadata={"help": "Target tokens kept per pair."})
     target_vocab_size: int = field(
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = pairs["train"]
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
-    references = tokenize_pairs(train, source_tokenizer, target_tokenizer, *lengths)
+    references = tokenize_pairs(train, source_tokenizer, target_tokenizer, *lengths, data_args.source_prefix)
     test = pairs["test"]
     if data_args.max_eval_samples is not None:
         test = test.select(range(min(data_args.max_eval_samples, len(test))))
@@ -200,12 +203,13 @@ def main(argv: list[str] | None = None) -> dict:
     # Stage 4: BLEU and chrF on the held-out pairs, size and latency for each model.
     generate_kwargs = dict(num_beams=args.generation_num_beams or 1, max_new_tokens=data_args.max_target_length)
     models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
-    typical = sorted(test["source"], key=len)[len(test) // 2]
+    sources = [data_args.source_prefix + text for text in test["source"]]
+    typical = sorted(sources, key=len)[len(sources) // 2]
     results = {}
     for name, model in models.items():
         if model is None:
             continue
-        translations = translate(model, source_tokenizer, target_tokenizer, test["source"], **generate_kwargs)
+        translations = translate(model, source_tokenizer, target_tokenizer, sources, **generate_kwargs)
         results[name] = {
             **score_translations(translations, test["target"], data_args.n_bootstrap),
             "params": count_parameters(model),
@@ -246,7 +250,12 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
     check_coverage(source_tokenizer, pairs["train"]["source"][:200], "source")
     target_tokenizer = target_tokenizer_once(data_args, pairs["train"]["target"])
     tokenized = tokenize_pairs(
-        pairs["train"], source_tokenizer, target_tokenizer, data_args.max_source_length, data_args.max_target_length
+        pairs["train"],
+        source_tokenizer,
+        target_tokenizer,
+        data_args.max_source_length,
+        data_args.max_target_length,
+        data_args.source_prefix,
     )
     collator = Seq2SeqCollator(source_tokenizer, target_tokenizer.bos_token_id, target_tokenizer.pad_token_id)
     key = (
@@ -258,6 +267,7 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
         data_args.max_target_length,
         data_args.target_vocab_size,
         data_args.teacher_decoder_layers,
+        *([data_args.source_prefix] if data_args.source_prefix else []),  # (keeps earlier cache keys valid)
     )
     teacher = finetune_teacher_once(
         EncoderDecoderModel,
