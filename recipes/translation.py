@@ -73,7 +73,7 @@ DEFAULTS = dict(
     hidden_weight=0.0,
     attention_weight=0.0,
     num_train_epochs=2,
-    learning_rate=3e-4,
+    learning_rate=2e-4,
     warmup_steps=0.05,
     weight_decay=0.01,
     per_device_train_batch_size=32,
@@ -89,8 +89,8 @@ DEFAULTS = dict(
     generation_num_beams=4,
     generation_max_length=128,
     # The teacher: the MiniLM encoder with a new 3-layer decoder, trained once (about 50 minutes on 2 CPU cores).
-    teacher_num_train_epochs=2.0,
-    teacher_learning_rate=3e-4,
+    teacher_num_train_epochs=3.0,
+    teacher_learning_rate=5e-4,
     # The student: half the encoder, one decoder layer (a deep encoder and a shallow decoder decode fast), the
     # teacher's width, started from the teacher's uniformly mapped layers.
     student_num_layers=3,
@@ -126,6 +126,13 @@ class TranslationDataArguments:
     )
     teacher_decoder_layers: int = field(
         default=3, metadata={"help": "Layers of the decoder a new encoder-decoder teacher gets."}
+    )
+    teacher_freeze_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "Train only the decoder of a new encoder-decoder teacher, keeping the pretrained encoder as it is "
+            "(fine-tuning MiniLM at the decoder's learning rate collapsed its outputs here)."
+        },
     )
     tokenizer_cache_dir: str = field(
         default="outputs/tokenizers", metadata={"help": "Where trained target tokenizers are kept for reuse."}
@@ -267,6 +274,7 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
         data_args.max_target_length,
         data_args.target_vocab_size,
         data_args.teacher_decoder_layers,
+        data_args.teacher_freeze_encoder,
         *([data_args.source_prefix] if data_args.source_prefix else []),  # (keeps earlier cache keys valid)
     )
     teacher = finetune_teacher_once(
@@ -279,7 +287,11 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
         collator,
         source_tokenizer,
         build=lambda: build_encoder_decoder(
-            teacher_path, target_tokenizer, data_args.teacher_decoder_layers, teacher_args.teacher_seed
+            teacher_path,
+            target_tokenizer,
+            data_args.teacher_decoder_layers,
+            teacher_args.teacher_seed,
+            freeze_encoder=data_args.teacher_freeze_encoder,
         ),
         training_changes=TEACHER_TRAINING,
     )
