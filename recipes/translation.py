@@ -72,7 +72,7 @@ DEFAULTS = dict(
     logit_weight=0.5,
     hidden_weight=0.0,
     attention_weight=0.0,
-    num_train_epochs=2,
+    num_train_epochs=1,
     learning_rate=2e-4,
     warmup_steps=0.05,
     weight_decay=0.01,
@@ -88,7 +88,7 @@ DEFAULTS = dict(
     disable_tqdm=True,
     generation_num_beams=4,
     generation_max_length=128,
-    # The teacher: the MiniLM encoder with a new 3-layer decoder, trained once (about 50 minutes on 2 CPU cores).
+    # The teacher: the MiniLM encoder with a new 3-layer decoder, trained once (about 40 minutes on 2 CPU cores).
     teacher_num_train_epochs=3.0,
     teacher_learning_rate=5e-4,
     # The student: half the encoder, one decoder layer (a deep encoder and a shallow decoder decode fast), the
