@@ -38,11 +38,18 @@ def teacher_translations(
     num_beams: int = 4,
     max_new_tokens: int = 128,
     batch_size: int = 64,
+    max_length_ratio: float | None = 2.0,
 ) -> datasets.Dataset:
     """`dataset` (tokenized: input_ids, attention_mask, labels) with `labels` replaced by the teacher's beam-search
     translations of `input_ids` (ending with its eos), generated once and then loaded from
-    `cache_dir/<fingerprint>`."""
+    `cache_dir/<fingerprint>`.
+
+    Sources are batched by length; with `max_length_ratio`, a batch generates at most that many tokens per source
+    token of its longest source (+ 10, and never more than `max_new_tokens`), so that a translation stuck in a loop
+    cannot hold its whole batch for `max_new_tokens` steps."""
     settings = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
+    if max_length_ratio is not None:
+        settings["max_length_ratio"] = max_length_ratio
     key = fingerprint(model_fingerprint(teacher), dataset["input_ids"], settings)
     path = os.path.join(cache_dir, key)
     if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
@@ -84,7 +91,7 @@ def _generate(teacher: PreTrainedModel, dataset: datasets.Dataset, settings: dic
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 num_beams=settings["num_beams"],
-                max_new_tokens=settings["max_new_tokens"],
+                max_new_tokens=length_limit(width, settings["max_new_tokens"], settings.get("max_length_ratio")),
             )
         for row, index in enumerate(indices):
             labels[index] = _as_labels(generated[row, 1:].tolist(), teacher.generation_config.eos_token_id, pad)
@@ -105,3 +112,10 @@ def _as_labels(tokens: list[int], eos_token_id, pad_token_id: int) -> list[int]:
             break
         labels.append(token)
     return labels
+
+
+def length_limit(source_length: int, max_new_tokens: int, max_length_ratio: float | None) -> int:
+    """Tokens a batch whose longest source has `source_length` tokens may generate."""
+    if max_length_ratio is None:
+        return max_new_tokens
+    return min(max_new_tokens, int(max_length_ratio * source_length) + 10)

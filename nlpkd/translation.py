@@ -275,9 +275,14 @@ def translate(
     sources: list[str],
     batch_size: int = 64,
     max_source_length: int = 128,
+    max_length_ratio: float | None = None,
     **generate_kwargs,
 ) -> list[str]:
-    """Translations of `sources` by `model.generate(**generate_kwargs)`, in order (batched by length for speed)."""
+    """Translations of `sources` by `model.generate(**generate_kwargs)`, in order (batched by length for speed).
+
+    With `max_length_ratio`, each batch's `max_new_tokens` is capped as in `nlpkd.pseudo_targets.length_limit`."""
+    from .pseudo_targets import length_limit
+
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
@@ -293,7 +298,11 @@ def translate(
         ).to(device)
         batch.pop("token_type_ids", None)
         with torch.no_grad():
-            generated = model.generate(**batch, **generate_kwargs)
+            limits = dict(generate_kwargs)
+            if max_length_ratio is not None:
+                width = batch["input_ids"].shape[1]
+                limits["max_new_tokens"] = length_limit(width, limits.get("max_new_tokens", 128), max_length_ratio)
+            generated = model.generate(**batch, **limits)
         for index, text in zip(
             indices, target_tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True
         ):

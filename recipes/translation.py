@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model in models.items():
         if model is None:
             continue
-        translations = translate(model, source_tokenizer, target_tokenizer, sources, **generate_kwargs)
+        translations = translate(
+            model, source_tokenizer, target_tokenizer, sources, max_length_ratio=2.0, **generate_kwargs
+        )
         results[name] = {
             **score_translations(translations, test["target"], data_args.n_bootstrap),
             "params": count_parameters(model),

@@ -47,3 +47,11 @@ def test_bootstrap_intervals_are_reported_when_asked():
     )
     assert metrics["chrf_ci"] > 0
     assert set(metrics) == {"bleu", "bleu_ci", "chrf", "chrf_ci"}
+
+
+def test_generation_length_limit_follows_the_longest_source():
+    from nlpkd.pseudo_targets import length_limit
+
+    assert length_limit(10, 128, 2.0) == 30  # 2 tokens a source token, plus 10
+    assert length_limit(100, 128, 2.0) == 128  # never past max_new_tokens
+    assert length_limit(10, 128, None) == 128
