@@ -55,21 +55,7 @@ def measure_latency(
     device = next(model.parameters()).device
     batch = [texts[index % len(texts)] for index in range(batch_size)]
     inputs = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-    was_training = model.training
-    model.eval()
-    seconds = []
-    try:
-        with torch.inference_mode():
-            for step in range(warmup + repeats):
-                _synchronize(device)
-                start = time.perf_counter()
-                model(**inputs)
-                _synchronize(device)
-                if step >= warmup:
-                    seconds.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
-    return 1000 * statistics.median(seconds)
+    return _median_ms(model, lambda: model(**inputs), warmup, repeats)
 
 
 def throughput(
@@ -109,6 +95,13 @@ def generation_latency(
     device = next(model.parameters()).device
     inputs = tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt").to(device)
     inputs.pop("token_type_ids", None)
+    return _median_ms(model, lambda: model.generate(**inputs, **generate_kwargs), warmup, repeats)
+
+
+def _median_ms(model: torch.nn.Module, run, warmup: int, repeats: int) -> float:
+    """Median milliseconds of `run()` over `repeats` timed calls after `warmup` untimed ones, with `model` in eval
+    mode under `torch.inference_mode()` (its train/eval mode restored afterwards)."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     seconds = []
@@ -117,7 +110,7 @@ def generation_latency(
             for step in range(warmup + repeats):
                 _synchronize(device)
                 start = time.perf_counter()
-                model.generate(**inputs, **generate_kwargs)
+                run()
                 _synchronize(device)
                 if step >= warmup:
                     seconds.append(time.perf_counter() - start)
