@@ -71,33 +71,57 @@ def teacher_translations(
 
 
 def _generate(teacher: PreTrainedModel, dataset: datasets.Dataset, settings: dict, batch_size: int) -> list[list[int]]:
-    teacher.eval()
-    device = next(teacher.parameters()).device
-    pad = settings["pad_token_id"]
-    sources = dataset["input_ids"]
-    # Sources of similar length batch together: far less padding to run through beam search.
+    rows = generate_by_length(
+        teacher,
+        dataset["input_ids"],
+        settings["pad_token_id"],
+        batch_size,
+        settings.get("max_length_ratio"),
+        log_every=20,
+        num_beams=settings["num_beams"],
+        max_new_tokens=settings["max_new_tokens"],
+    )
+    eos = teacher.generation_config.eos_token_id
+    return [_as_labels(row[1:], eos, settings["pad_token_id"]) for row in rows]
+
+
+def generate_by_length(
+    model: PreTrainedModel,
+    sources: list[list[int]],
+    pad_token_id: int,
+    batch_size: int = 64,
+    max_length_ratio: float | None = None,
+    log_every: int | None = None,
+    **generate_kwargs,
+) -> list[list[int]]:
+    """`model.generate(**generate_kwargs)` over token-id `sources`, returned in their order (decoder start token
+    included, padded rows as generate returns them).
+
+    Sources of similar length batch together (far less padding through beam search); with `max_length_ratio`, a
+    batch's `max_new_tokens` is capped by `length_limit` of its longest source."""
+    model.eval()
+    device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
-    labels: list[list[int] | None] = [None] * len(sources)
+    generated_rows: list[list[int] | None] = [None] * len(sources)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         width = max(len(sources[index]) for index in indices)
-        input_ids = torch.full((len(indices), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         for row, index in enumerate(indices):
             input_ids[row, : len(sources[index])] = torch.tensor(sources[index])
             attention_mask[row, : len(sources[index])] = 1
+        limits = dict(generate_kwargs)
+        limits["max_new_tokens"] = length_limit(width, limits.get("max_new_tokens", 128), max_length_ratio)
         with torch.no_grad():
-            generated = teacher.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                num_beams=settings["num_beams"],
-                max_new_tokens=length_limit(width, settings["max_new_tokens"], settings.get("max_length_ratio")),
+            generated = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **limits
             )
         for row, index in enumerate(indices):
-            labels[index] = _as_labels(generated[row, 1:].tolist(), teacher.generation_config.eos_token_id, pad)
-        if start // batch_size % 20 == 0:
-            logger.info("Teacher translations: %d / %d", start + len(indices), len(order))
-    return labels
+            generated_rows[index] = generated[row].tolist()
+        if log_every and start // batch_size % log_every == 0:
+            logger.info("Generated %d / %d", start + len(indices), len(order))
+    return generated_rows
 
 
 def _as_labels(tokens: list[int], eos_token_id, pad_token_id: int) -> list[int]:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 from transformers import DataCollatorForSeq2Seq
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
@@ -278,36 +277,15 @@ def translate(
     max_length_ratio: float | None = None,
     **generate_kwargs,
 ) -> list[str]:
-    """Translations of `sources` by `model.generate(**generate_kwargs)`, in order (batched by length for speed).
+    """Translations of `sources` by `model.generate(**generate_kwargs)`, in order (batched by length for speed;
+    with `max_length_ratio`, each batch's `max_new_tokens` capped as in `nlpkd.pseudo_targets.length_limit`)."""
+    from .pseudo_targets import generate_by_length
 
-    With `max_length_ratio`, each batch's `max_new_tokens` is capped as in `nlpkd.pseudo_targets.length_limit`."""
-    from .pseudo_targets import length_limit
-
-    model.eval()
-    device = next(model.parameters()).device
-    order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
-    translations = [""] * len(sources)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch = source_tokenizer(
-            [sources[index] for index in indices],
-            padding=True,
-            truncation=True,
-            max_length=max_source_length,
-            return_tensors="pt",
-        ).to(device)
-        batch.pop("token_type_ids", None)
-        with torch.no_grad():
-            limits = dict(generate_kwargs)
-            if max_length_ratio is not None:
-                width = batch["input_ids"].shape[1]
-                limits["max_new_tokens"] = length_limit(width, limits.get("max_new_tokens", 128), max_length_ratio)
-            generated = model.generate(**batch, **limits)
-        for index, text in zip(
-            indices, target_tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True
-        ):
-            translations[index] = text.strip()
-    return translations
+    ids = source_tokenizer(sources, truncation=True, max_length=max_source_length)["input_ids"]
+    rows = generate_by_length(
+        model, ids, source_tokenizer.pad_token_id, batch_size, max_length_ratio, **generate_kwargs
+    )
+    return [text.strip() for text in target_tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 def score_translations(translations: list[str], references: list[str], n_bootstrap: int = 1000) -> dict:
