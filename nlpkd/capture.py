@@ -56,16 +56,13 @@ def find_layers(model: nn.Module, num_layers: int | None = None) -> nn.ModuleLis
     )
 
 
-def count_layers(stack: nn.Module) -> int:
-    """How many transformer layers a stack (an encoder, a decoder, a whole encoder-only model) holds."""
-    lists = [
-        module
-        for name, module in stack.named_modules()
-        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in LAYER_LIST_NAMES
-    ]
-    if not lists:
-        raise ValueError(f"{type(stack).__name__} has no nn.ModuleList of layers named one of {LAYER_LIST_NAMES}.")
-    return len(lists[0])
+def stack_layer_list(stack: nn.Module) -> nn.ModuleList:
+    """The layer list of a stack (a seq2seq model's encoder or decoder): its first nn.ModuleList named as in
+    LAYER_LIST_NAMES (depth-first, so T5's `block` comes before each block's own `layer` list)."""
+    for name, module in stack.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in LAYER_LIST_NAMES:
+            return module
+    raise ValueError(f"{type(stack).__name__} has no nn.ModuleList of layers named one of {LAYER_LIST_NAMES}.")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .capture import AttentionCapture, find_layers
+from .capture import AttentionCapture, stack_layer_list
 from .losses import attention_kl_loss, attention_scores_mse_loss, hidden_mse_loss
 from .positions import side_mask
 
@@ -60,8 +60,8 @@ class AttentionTerm:
         loss = ATTENTION_LOSSES[kind]
         query_mask = side_mask(inputs, self.queries)
         key_mask = None if self.keys is None else side_mask(inputs, self.keys)
-        if self.keys is not None and key_mask is None:  # every key is real
-            key_mask = torch.ones_like(self.student.scores(1)[:, 0, 0, :], dtype=torch.bool)
+        if self.keys is not None and key_mask is None:  # no attention mask: every source token is a real key
+            key_mask = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
         per_layer = [
             loss(
                 self.student.scores(student_layer),
@@ -151,14 +151,11 @@ def seq2seq_terms(student, teacher, maps: dict[str, list[int]], args) -> tuple[l
 
 def stack_layers(model: nn.Module, stack: str) -> nn.ModuleList:
     """The transformer layers of a seq2seq model's `encoder` or `decoder`."""
-    part = model.get_encoder() if stack == "encoder" else model.get_decoder()
-    return find_layers(part, num_stack_layers(model, stack))
+    return stack_layer_list(model.get_encoder() if stack == "encoder" else model.get_decoder())
 
 
 def num_stack_layers(model: nn.Module, stack: str) -> int:
-    from .capture import count_layers
-
-    return count_layers(model.get_encoder() if stack == "encoder" else model.get_decoder())
+    return len(stack_layers(model, stack))
 
 
 def stack_width(model: nn.Module, stack: str) -> int:
