@@ -95,10 +95,11 @@ def check_seq2seq_pair(teacher: PreTrainedModel, student: PreTrainedModel, args)
             type(teacher).__name__,
             type(student).__name__,
         )
-    for part, get in (("source", "get_input_embeddings"), ("target", "get_output_embeddings")):
-        owner = (lambda model: model.get_encoder()) if part == "source" else (lambda model: model)
-        t_size = getattr(owner(teacher), get)().weight.shape[0]
-        s_size = getattr(owner(student), get)().weight.shape[0]
+    sizes = {
+        "source": [model.get_encoder().get_input_embeddings().weight.shape[0] for model in (teacher, student)],
+        "target": [model.get_output_embeddings().weight.shape[0] for model in (teacher, student)],
+    }
+    for part, (t_size, s_size) in sizes.items():
         if t_size != s_size:
             raise ValueError(
                 f"The {part} vocabularies differ: teacher {t_size} vs student {s_size} tokens. Both read the same "
