@@ -16,7 +16,7 @@ the references alone. results.json holds BLEU and chrF (with bootstrap 95 % inte
 import copy
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import datasets
 from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, set_seed
@@ -91,6 +91,9 @@ DEFAULTS = dict(
     # The teacher: the MiniLM encoder with a new 3-layer decoder, trained once (about 40 minutes on 2 CPU cores).
     teacher_num_train_epochs=3.0,
     teacher_learning_rate=5e-4,
+    # ... then the whole teacher, encoder unfrozen, at a tenth of that rate.
+    teacher_encoder_epochs=2.0,
+    teacher_encoder_learning_rate=5e-5,
     # The student: half the encoder, one decoder layer (a deep encoder and a shallow decoder decode fast), the
     # teacher's width, started from the teacher's uniformly mapped layers.
     student_num_layers=3,
@@ -133,6 +136,16 @@ class TranslationDataArguments:
             "help": "Train only the decoder of a new encoder-decoder teacher, keeping the pretrained encoder as it is "
             "(fine-tuning MiniLM at the decoder's learning rate collapsed its outputs here)."
         },
+    )
+    teacher_encoder_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "With teacher_freeze_encoder: once the decoder has learned, train the whole teacher (encoder "
+            "unfrozen) this many more epochs at teacher_encoder_learning_rate. Cached as a teacher of its own."
+        },
+    )
+    teacher_encoder_learning_rate: float = field(
+        default=5e-5, metadata={"help": "Learning rate of the whole-teacher stage (teacher_encoder_epochs)."}
     )
     tokenizer_cache_dir: str = field(
         default="outputs/tokenizers", metadata={"help": "Where trained target tokenizers are kept for reuse."}
@@ -279,22 +292,46 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
         data_args.teacher_freeze_encoder,
         *([data_args.source_prefix] if data_args.source_prefix else []),  # (keeps earlier cache keys valid)
     )
+
+    def decoder_stage():
+        return finetune_teacher_once(
+            EncoderDecoderModel,
+            teacher_path,
+            key,
+            teacher_args,
+            args,
+            tokenized,
+            collator,
+            source_tokenizer,
+            build=lambda: build_encoder_decoder(
+                teacher_path,
+                target_tokenizer,
+                data_args.teacher_decoder_layers,
+                teacher_args.teacher_seed,
+                freeze_encoder=data_args.teacher_freeze_encoder,
+            ),
+            training_changes=TEACHER_TRAINING,
+        )
+
+    if not (data_args.teacher_freeze_encoder and data_args.teacher_encoder_epochs > 0):
+        return decoder_stage(), source_tokenizer, target_tokenizer
+    # The whole teacher, started from the trained decoder stage (built only when this stage is not cached yet):
+    # with a decoder that already reads its source, the encoder can move at a low rate without collapsing.
+    whole_stage = replace(
+        teacher_args,
+        teacher_num_train_epochs=data_args.teacher_encoder_epochs,
+        teacher_learning_rate=data_args.teacher_encoder_learning_rate,
+    )
     teacher = finetune_teacher_once(
         EncoderDecoderModel,
         teacher_path,
-        key,
-        teacher_args,
+        (*key, "whole teacher after", teacher_args.teacher_num_train_epochs, teacher_args.teacher_learning_rate),
+        whole_stage,
         args,
         tokenized,
         collator,
         source_tokenizer,
-        build=lambda: build_encoder_decoder(
-            teacher_path,
-            target_tokenizer,
-            data_args.teacher_decoder_layers,
-            teacher_args.teacher_seed,
-            freeze_encoder=data_args.teacher_freeze_encoder,
-        ),
+        build=lambda: decoder_stage().requires_grad_(True),
         training_changes=TEACHER_TRAINING,
     )
     return teacher, source_tokenizer, target_tokenizer

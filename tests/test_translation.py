@@ -692,7 +692,15 @@ def test_recipe_builds_trains_and_caches_an_encoder_decoder_teacher(bert_dir, pa
     assert json.loads((tokenizer_dir / LANGUAGES_FILE).read_text()) == {"target": "es"}
     assert (tmp_path / "out" / "target_tokenizer" / "tokenizer.json").is_file()
 
-    [teacher_dir] = [path for path in (tmp_path / "teachers").iterdir() if (path / "config.json").is_file()]
+    # Two teachers cached: the decoder stage (the pretrained encoder frozen) and the whole teacher trained on from it.
+    pretrained = BertModel.from_pretrained(bert_dir).state_dict()
+    stages = {}
+    for path in teachers_in(tmp_path / "teachers"):
+        encoder = EncoderDecoderModel.from_pretrained(path).encoder.state_dict()
+        frozen = same_encoder(encoder, pretrained)
+        stages["decoder" if frozen else "whole"] = path
+    assert sorted(stages) == ["decoder", "whole"]
+    teacher_dir = stages["whole"]
     teacher = EncoderDecoderModel.from_pretrained(teacher_dir)
     assert teacher.config.decoder.num_hidden_layers == 1 and teacher.config.decoder.vocab_size == len(target_tokenizer)
     assert teacher.config.decoder_start_token_id == 3 and teacher.generation_config.decoder_start_token_id == 3
@@ -704,10 +712,29 @@ def test_recipe_builds_trains_and_caches_an_encoder_decoder_teacher(bert_dir, pa
     monkeypatch.setattr(recipe, "train_target_tokenizer", lambda *a, **k: pytest.fail("trained the tokenizer again"))
     monkeypatch.setattr(recipe, "build_encoder_decoder", lambda *a, **k: pytest.fail("built the teacher again"))
     again = recipe.main([*flags, "--no_baseline", "true"])
-    assert [path for path in (tmp_path / "teachers").iterdir() if (path / "config.json").is_file()] == [teacher_dir]
+    assert teachers_in(tmp_path / "teachers") == sorted(stages.values())
     assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
     assert list((tmp_path / "tokenizers").iterdir()) == [tokenizer_dir]
     assert again["teacher"]["bleu"] == saved["teacher"]["bleu"]
+
+
+def teachers_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if (path / "config.json").is_file())
+
+
+def same_encoder(encoder: dict, pretrained: dict) -> bool:
+    """The pretrained weights, pooler aside (the teacher has none; a reloaded EncoderDecoderModel makes a new one)."""
+    shared = [name for name in encoder if name in pretrained and not name.startswith("pooler.")]
+    return len(shared) > 10 and all(torch.equal(encoder[name], pretrained[name]) for name in shared)
+
+
+def test_without_the_whole_teacher_stage_the_decoder_stage_is_the_teacher(bert_dir, pairs_tsv, tmp_path):
+    flags = recipe_flags(bert_dir, pairs_tsv, tmp_path, "--target_vocab_size", "60", "--teacher_decoder_layers", "1")
+    load_recipe().main([*flags, "--teacher_encoder_epochs", "0", "--no_baseline", "true"])
+    [teacher_dir] = teachers_in(tmp_path / "teachers")
+    encoder = EncoderDecoderModel.from_pretrained(teacher_dir).encoder.state_dict()
+    pretrained = BertModel.from_pretrained(bert_dir).state_dict()
+    assert same_encoder(encoder, pretrained)
 
 
 def test_recipe_rejects_a_pair_file_without_the_target_column_before_training(marian_dir, bert_dir, tmp_path):
