@@ -88,10 +88,11 @@ DEFAULTS = dict(
     disable_tqdm=True,
     generation_num_beams=4,
     generation_max_length=128,
-    # The teacher: the MiniLM encoder with a new 3-layer decoder, trained once (about 40 minutes on 2 CPU cores).
+    # The teacher: the MiniLM encoder with a new 3-layer decoder, trained once: the decoder alone (35 minutes on 2
+    # CPU cores, BLEU 11.7) ...
     teacher_num_train_epochs=3.0,
     teacher_learning_rate=5e-4,
-    # ... then the whole teacher, encoder unfrozen, at a tenth of that rate.
+    # ... then the whole teacher, encoder unfrozen, at a tenth of that rate (43 minutes, BLEU 20.4).
     teacher_encoder_epochs=2.0,
     teacher_encoder_learning_rate=5e-5,
     # The student: half the encoder, one decoder layer (a deep encoder and a shallow decoder decode fast), the
@@ -133,8 +134,9 @@ class TranslationDataArguments:
     teacher_freeze_encoder: bool = field(
         default=True,
         metadata={
-            "help": "Train only the decoder of a new encoder-decoder teacher, keeping the pretrained encoder as it is "
-            "(fine-tuning MiniLM at the decoder's learning rate collapsed its outputs here)."
+            "help": "Train the decoder of a new encoder-decoder teacher first, the pretrained encoder frozen "
+            "(fine-tuning MiniLM at the new decoder's learning rate from the start collapsed its outputs here); "
+            "teacher_encoder_epochs then trains the whole teacher."
         },
     )
     teacher_encoder_epochs: float = field(
