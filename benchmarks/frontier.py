@@ -1,0 +1,115 @@
+"""P3: the quality-speed frontier on the movie-review task, measured in one run.
+
+Each student shape is distilled from the packaged MiniLM teacher by the text-classification recipe (its default
+loss set and schedule, no baseline) under several seeds; the teacher is fine-tuned once and shared. Per shape:
+test accuracy as mean ± std over the seeds, retention = student / teacher accuracy, and the CPU inference
+speed-up over the teacher at batch 1 (latency) and batch 32 (throughput), each a ratio measured within one run
+and averaged over the seeds. Target: a student at least 5x faster (batch 1) with at least 97 % retention.
+
+    python benchmarks/frontier.py [--seeds 1 2 3] [--students 4L-312H 4L-192H 2L-128H] [--epochs 5]
+        [--output_dir outputs/frontier] [-- more recipe flags, e.g. --max_train_samples 256]
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+from pathlib import Path
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "text_classification.py"
+
+# name -> (layers, width, heads, FFN width). Students whose head count is not the teacher's 12 learn the
+# head-averaged attention distributions (attention_loss "kl") instead of TinyBERT's per-head score MSE.
+SHAPES = {
+    "4L-312H": (4, 312, 12, 1200),
+    "4L-192H": (4, 192, 12, 768),
+    "2L-128H": (2, 128, 2, 512),
+}
+TEACHER_HEADS = 12
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("text_classification_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recipe_flags(shape: str, seed: int, epochs: float, output_dir: str) -> list[str]:
+    layers, width, heads, ffn = SHAPES[shape]
+    flags = [
+        "--student_num_layers", str(layers),
+        "--student_hidden_size", str(width),
+        "--student_num_heads", str(heads),
+        "--student_intermediate_size", str(ffn),
+        "--num_train_epochs", str(epochs),
+        "--seed", str(seed),
+        "--no_baseline", "true",
+        "--output_dir", output_dir,
+    ]  # fmt: skip
+    if heads != TEACHER_HEADS:
+        flags += ["--attention_loss", "kl"]
+    return flags
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean ± std over seeds of accuracy and retention, and the mean of the per-run speed-ups."""
+
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    return {
+        "params": runs[0]["student"]["params"],
+        "accuracy": mean_std([run["student"]["accuracy"] for run in runs]),
+        "retention": mean_std([run["student"]["accuracy"] / run["teacher"]["accuracy"] for run in runs]),
+        "speedup_b1": statistics.mean(
+            run["teacher"]["latency_ms_b1"] / run["student"]["latency_ms_b1"] for run in runs
+        ),
+        "speedup_b32": statistics.mean(
+            run["student"]["throughput_b32"] / run["teacher"]["throughput_b32"] for run in runs
+        ),
+        "teacher_accuracy": runs[0]["teacher"]["accuracy"],
+    }
+
+
+def format_frontier(summaries: dict[str, dict], seeds: list[int]) -> str:
+    lines = [
+        f"P3 quality-speed frontier, movie reviews, {len(seeds)} seeds {seeds} "
+        f"(teacher accuracy {next(iter(summaries.values()))['teacher_accuracy']:.2%})",
+        f"  {'student':8s} {'params':>7s} {'accuracy':>16s} {'retention':>16s} {'speed-up b1':>12s} {'b32':>7s}",
+    ]
+    for name, row in summaries.items():
+        accuracy, retention = row["accuracy"], row["retention"]
+        lines.append(
+            f"  {name:8s} {row['params'] / 1e6:6.1f}M {accuracy[0]:8.2%} ± {accuracy[1]:5.2%} "
+            f"{retention[0]:8.2%} ± {retention[1]:5.2%} {row['speedup_b1']:11.2f}x {row['speedup_b32']:6.2f}x"
+        )
+    met = [name for name, row in summaries.items() if row["speedup_b1"] >= 5 and row["retention"][0] >= 0.97]
+    verdict = "met by " + ", ".join(met) if met else "not met"
+    lines.append(f"  target (>= 5x at batch 1 with >= 97 % retention): {verdict}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--students", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--epochs", type=float, default=5.0)
+    parser.add_argument("--output_dir", default=os.path.join("outputs", "frontier"))
+    options, extra_flags = parser.parse_known_args()
+    recipe = load_recipe()
+    runs = {name: [] for name in options.students}
+    for name in options.students:
+        for seed in options.seeds:
+            output_dir = os.path.join(options.output_dir, name, f"seed{seed}")
+            flags = recipe_flags(name, seed, options.epochs, output_dir)
+            runs[name].append(recipe.main(flags + [flag for flag in extra_flags if flag != "--"]))
+    summaries = {name: summarise(results) for name, results in runs.items()}
+    with open(os.path.join(options.output_dir, "frontier.json"), "w", encoding="utf-8") as file:
+        json.dump(summaries, file, indent=2)
+    print(format_frontier(summaries, options.seeds))
+
+
+if __name__ == "__main__":
+    main()
