@@ -12,8 +12,10 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     """Mean of `values` over positions where `mask` is true; `mask` broadcasts against `values`."""
     if mask is None:
         return values.sum() / max(values.numel(), 1)  # an empty selection gives 0, not NaN
-    mask = mask.to(values.dtype).expand_as(values)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    mask = mask.bool().expand_as(values)
+    # Select rather than multiply: a masked position holding inf/NaN (e.g. a padded row in half precision) would
+    # turn a product by 0 into NaN, and its gradient with it.
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1).to(values.dtype)
 
 
 def logit_kd_loss(
