@@ -36,8 +36,8 @@ def _forward_losses(model_a, model_b, batch, autocast: bool) -> dict[str, torch.
             "attention_mse": attention_scores_mse_loss(scores_a, scores_b, mask),
             "attention_kl": attention_kl_loss(scores_a, scores_b, mask),
         }
-    if autocast:  # half-precision activations in, fp32 scores and losses out
-        assert outputs_a.hidden_states[2].dtype == torch.bfloat16
+    if autocast:  # half-precision activations in (the linear layers' outputs), fp32 scores and losses out
+        assert outputs_a.logits.dtype == torch.bfloat16
         assert scores_a.dtype == torch.float32
     return losses
 
