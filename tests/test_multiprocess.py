@@ -20,6 +20,8 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "distil_tiny_bert.py")
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPONENTS = ("hard_loss", "logit_loss", "hidden_loss", "attention_loss")
+# About a minute on 2 idle cores; far longer when other jobs hold them.
+TIMEOUT_S = 1800
 
 
 def _launch(command: list[str]) -> subprocess.Popen:
@@ -32,7 +34,12 @@ def _launch(command: list[str]) -> subprocess.Popen:
 
 
 def _wait(process: subprocess.Popen) -> None:
-    output, _ = process.communicate(timeout=900)
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # torchrun passes SIGTERM on to its workers
+        output, _ = process.communicate()
+        pytest.fail(f"{process.args} ran over {TIMEOUT_S} s:\n{output[-4000:]}")
     assert process.returncode == 0, output[-4000:]
 
 
