@@ -94,6 +94,11 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(f"logit_loss must be one of {LOGIT_LOSSES}, got {self.logit_loss!r}.")
         if self.attention_loss not in ATTENTION_LOSSES:
             raise ValueError(f"attention_loss must be one of {ATTENTION_LOSSES}, got {self.attention_loss!r}.")
+        if self.fp16 and self.device.type == "cpu":
+            raise ValueError(
+                "fp16=True needs a GPU, but training would run on the CPU (no GPU found, or use_cpu=True). On a CPU "
+                "use bf16=True (CPU autocast) instead, or drop fp16."
+            )
         if self.layer_map is not None:
             valid = [type(g) is int and g >= 1 for g in self.layer_map]  # bool is an int subclass: refuse it
             if not valid or not all(valid):

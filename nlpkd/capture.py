@@ -172,7 +172,10 @@ class AttentionCapture:
         scale = attention.scale
         if scale is None:
             scale = head_dim**-0.5 if attention.names.scaled else 1.0
-        return (query @ key.transpose(-1, -2)) * scale
+        # Projections recorded under bf16/fp16 autocast are upcast above; keep an enclosing autocast from casting the
+        # product back down.
+        with torch.autocast(query.device.type, enabled=False):
+            return (query @ key.transpose(-1, -2)) * scale
 
     def remove(self) -> None:
         for handle in self._handles:

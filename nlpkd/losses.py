@@ -12,8 +12,9 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     """Mean of `values` over positions where `mask` is true; `mask` broadcasts against `values`."""
     if mask is None:
         return values.sum() / max(values.numel(), 1)  # an empty selection gives 0, not NaN
-    mask = mask.to(values.dtype).expand_as(values)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    mask = mask.bool().expand_as(values)
+    # Select rather than multiply: a masked position holding inf/NaN would turn a product by 0 into NaN.
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1).to(values.dtype)
 
 
 def logit_kd_loss(
@@ -32,10 +33,11 @@ def logit_kd_loss(
         kind: `kl` = KL(p_T ‖ p_S), `soft_ce` = −Σ p_T log p_S, `mse` = mean squared error of the raw logits.
         mask: (...) boolean, true where a position counts; None = all positions.
     """
+    if mask is not None:  # the counted positions alone: padding never reaches the softmax or the gradient
+        student_logits, teacher_logits = student_logits[mask.bool()], teacher_logits[mask.bool()]
     student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     if kind == "mse":
-        per_position = (student_logits - teacher_logits).pow(2).mean(-1)
-        return _masked_mean(per_position, mask)
+        return _masked_mean((student_logits - teacher_logits).pow(2).mean(-1), None)
     student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
     teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
     if kind == "kl":
@@ -44,7 +46,7 @@ def logit_kd_loss(
         per_position = -(teacher_log_probs.exp() * student_log_probs).sum(-1)
     else:
         raise ValueError(f"kind must be one of 'kl', 'soft_ce', 'mse', got {kind!r}.")
-    return _masked_mean(per_position, mask) * temperature**2
+    return _masked_mean(per_position, None) * temperature**2
 
 
 def hidden_mse_loss(
@@ -57,8 +59,10 @@ def hidden_mse_loss(
         teacher_hidden: (B, T, D) teacher states.
         mask: (B, T) attention mask (1 = token, 0 = padding); None = all tokens.
     """
-    per_token = (student_hidden.float() - teacher_hidden.float()).pow(2).mean(-1)  # (B, T)
-    return _masked_mean(per_token, None if mask is None else mask.bool())
+    if mask is not None:  # the real tokens alone, (N, D): padding states (possibly inf in fp16) never reach the loss
+        student_hidden, teacher_hidden = student_hidden[mask.bool()], teacher_hidden[mask.bool()]
+    per_token = (student_hidden.float() - teacher_hidden.float()).pow(2).mean(-1)
+    return _masked_mean(per_token, None)
 
 
 def attention_scores_mse_loss(
@@ -77,9 +81,12 @@ def attention_scores_mse_loss(
         causal: only pairs with key j <= query i count (the scores a causal model's softmax sees).
         key_mask: (B, S) mask of the keys when they are other tokens than the queries (cross-attention).
     """
-    squared_error = (student_scores.float() - teacher_scores.float()).pow(2)
-    pairs = pair_mask(mask, squared_error.shape[-1], causal, squared_error.device, key_mask)
-    return _masked_mean(squared_error, pairs)
+    difference = student_scores.float() - teacher_scores.float()
+    pairs = pair_mask(mask, difference.shape[-1], causal, difference.device, key_mask)
+    if pairs is not None:
+        # Zeroed before squaring: the gradient of an inf difference squared is NaN even when multiplied by 0.
+        difference = torch.where(pairs, difference, 0.0)
+    return _masked_mean(difference.pow(2), pairs)
 
 
 def attention_kl_loss(

@@ -49,6 +49,8 @@ class DistillationModel(nn.Module):
         self.hidden_outputs = hidden_outputs
         self.config = student.config
         self.main_input_name = student.main_input_name
+        # FSDP's default auto-wrap policy wraps the layer classes the model names here: the student's.
+        self._no_split_modules = getattr(student, "_no_split_modules", None)
 
     def forward(self, project_hidden_states: bool = False, **inputs):
         """Run the student and return its outputs, as the student would (so `Trainer.predict` works unchanged);
@@ -135,7 +137,12 @@ class DistillationMixin:
 
         self.teacher = None
         if args.needs_teacher:
+            check_teacher_parallelism(self.accelerator)
             teacher_model.requires_grad_(False).eval()
+            if getattr(teacher_model, "hf_device_map", None) is None:
+                # Accelerate places no model itself under FSDP; a teacher loaded with a device_map stays where it is.
+                teacher_model.to(self.args.device)
+            # Evaluation mode: put inside the same autocast as the student, never wrapped in DDP/FSDP.
             self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         self._causal_attention = any(term.causal for term in self.attention_terms)
         self._component_sums: dict[str, torch.Tensor] = {}
@@ -172,12 +179,14 @@ class DistillationMixin:
         else:
             # Evaluation of a bare student (general distillation): the distillation loss itself.
             loss = sum(weights[name] * value for name, value in losses.items())
-        sums = self._component_sums if model.training else self._eval_component_sums
-        for name, value in losses.items():
-            sums[name] = sums.get(name, 0.0) + value.detach()
         if model.training:
-            self._component_steps += 1
+            # Each component's share of this optimizer step's mean over every process, as the loss itself is made:
+            # summed over the micro-batches, averaged over processes and steps at logging (see `log`).
+            for name, value in losses.items():
+                self._component_sums[name] = self._component_sums.get(name, 0.0) + value.detach() * scales[name]
         else:
+            for name, value in losses.items():
+                self._eval_component_sums[name] = self._eval_component_sums.get(name, 0.0) + value.detach()
             self._eval_component_steps += 1
         return (loss, outputs) if return_outputs else loss
 
@@ -224,6 +233,7 @@ class DistillationMixin:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._window_counts, self._window_processes = None, 1
         if batch_samples:
+            self._component_steps += 1  # one optimizer step
             per_batch = [
                 batch_counts(batch, self.logit_level, self._causal_attention, self.seq2seq) for batch in batch_samples
             ]
@@ -274,7 +284,8 @@ class DistillationMixin:
         return logit_kd_loss(student_logits, teacher_logits, self.args.temperature, self.args.logit_loss)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Training logs (they carry "loss") get the mean of each component since the previous log.
+        # Training logs (they carry "loss") get the mean of each component since the previous log, over all processes
+        # and weighted by positions exactly as `loss` is, so that the weighted components add up to it.
         if "loss" in logs and self._component_steps:
             for name, total in self._component_sums.items():
                 logs[name] = nested_gather(total / self._component_steps, self.args.parallel_mode).mean().item()
@@ -361,6 +372,23 @@ class DistillationTrainer(DistillationMixin, Trainer):
     per labelled token for masked LMs, per next-token label for causal LMs. Each loss is divided by its count of
     positions over the whole optimizer step, so gradient accumulation gives the gradients of one big batch.
     """
+
+
+def check_teacher_parallelism(accelerator) -> None:
+    """Refuse a parallel set-up the frozen teacher cannot run under, before any training step.
+
+    The teacher is kept whole on every process (it is never sharded by this trainer): under DeepSpeed ZeRO-3 the
+    models loaded after the DeepSpeed config exists are partitioned by `zero.Init`, and a partitioned model outside
+    the DeepSpeed engine fails at its first forward with an error about empty weights.
+    """
+    deepspeed_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if deepspeed_plugin is not None and deepspeed_plugin.zero_stage == 3:
+        raise ValueError(
+            "DeepSpeed ZeRO-3 (zero_stage=3) is not supported by DistillationTrainer: ZeRO-3 partitions the teacher, "
+            "which this trainer keeps whole on every process and runs outside the DeepSpeed engine. Use ZeRO-2 "
+            "(recipes/accelerate/deepspeed_zero2.yaml), FSDP (recipes/accelerate/fsdp.yaml) or DDP "
+            "(recipes/accelerate/multi_gpu.yaml) instead."
+        )
 
 
 @contextlib.contextmanager

@@ -146,16 +146,18 @@ def main(argv: list[str] | None = None) -> dict:
             f"block_size={data_args.block_size} exceeds the teacher's max_position_embeddings={max_positions}; "
             f"pass --block_size {max_positions} or less."
         )
-    corpus = load_text_corpus(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        text_column=data_args.text_column,
-        validation_fraction=data_args.validation_fraction,
-        seed=data_args.split_seed,
-    )
-    blocks = tokenize_blocks(corpus, tokenizer, data_args.block_size)
+    # Under several processes the main one fills the datasets cache first; the others read it.
+    with args.main_process_first(desc="loading and tokenizing the corpus"):
+        corpus = load_text_corpus(
+            dataset_name=data_args.dataset_name,
+            dataset_config_name=data_args.dataset_config_name,
+            train_file=data_args.train_file,
+            validation_file=data_args.validation_file,
+            text_column=data_args.text_column,
+            validation_fraction=data_args.validation_fraction,
+            seed=data_args.split_seed,
+        )
+        blocks = tokenize_blocks(corpus, tokenizer, data_args.block_size)
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     for split, limit in limits.items():
         if limit is not None:
@@ -199,6 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = distil_and_train_baseline(
         student, baseline, teacher, args, blocks["train"], eval_blocks, tokenizer, collator
     )
+    # Evaluation runs on every process (it gathers across them), before the others stop below.
+    general = general_losses(trainer) if objective == "general" else None
+
+    # Stage 4 measures the models and writes results.json on the main process alone; the others are done.
+    if not trainer.is_world_process_zero():
+        return {}
 
     # Stage 4: quality and cost of each model on the held-out blocks.
     typical_text = tokenizer.decode(eval_blocks[0]["input_ids"], skip_special_tokens=True)
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         quality = {} if objective == "general" else {"perplexity": perplexity(model, eval_blocks)}
         results[name] = {**quality, **inference_cost(model, tokenizer, typical_text, texts, data_args.block_size)}
     if objective == "general":
-        results["general"] = general_losses(trainer)
+        results["general"] = general
     results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
     results["objective"] = objective
     results["num_eval_blocks"] = len(eval_blocks)

@@ -71,16 +71,18 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
 
-    data = load_classification_data(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        test_file=data_args.test_file,
-        text_column=data_args.text_column,
-        label_column=data_args.label_column,
-        seed=data_args.split_seed,
-    )
+    # Under several processes the main one fills the datasets cache first; the others read it.
+    with args.main_process_first(desc="loading the data"):
+        data = load_classification_data(
+            dataset_name=data_args.dataset_name,
+            dataset_config_name=data_args.dataset_config_name,
+            train_file=data_args.train_file,
+            validation_file=data_args.validation_file,
+            test_file=data_args.test_file,
+            text_column=data_args.text_column,
+            label_column=data_args.label_column,
+            seed=data_args.split_seed,
+        )
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     limits["test"] = data_args.max_eval_samples
     for split, limit in limits.items():
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     teacher_path = teacher_args.teacher_model_name_or_path or minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    tokenized = tokenize(data, tokenizer, data_args.max_seq_length)
+    with args.main_process_first(desc="tokenizing"):
+        tokenized = tokenize(data, tokenizer, data_args.max_seq_length)
     collator = DataCollatorWithPadding(tokenizer)
 
     # Stage 1: a teacher with a trained head (fine-tuned once, then reused).
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
         collator,
         compute_metrics=compute_accuracy_f1,
     )
+
+    # Stage 4 measures the models and writes results.json on the main process alone; the others are done.
+    if not trainer.is_world_process_zero():
+        return {}
 
     # Stage 4: teacher, student and baseline on the held-out test split.
     models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}

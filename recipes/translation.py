@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, teacher_args, student_args, args = parse_recipe_args(types, DEFAULTS, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
-    pairs = load_pairs(data_args)
+    # Under several processes the main one fills the datasets cache first; the others read it.
+    with args.main_process_first(desc="loading the pairs"):
+        pairs = load_pairs(data_args)
     logger.info("Pairs: %s", {split: len(rows) for split, rows in pairs.items()})
 
     # Stage 1: the teacher (trained once when it is not a translation model yet, then reused).
@@ -192,14 +194,17 @@ def main(argv: list[str] | None = None) -> dict:
     # Stage 2: sequence-level KD data, the teacher's translations of the training sources (generated once).
     student_train = references
     if data_args.sequence_level_kd:
-        translated = teacher_translations(
-            teacher,
-            references,
-            data_args.pseudo_target_cache_dir,
-            target_tokenizer.pad_token_id,
-            num_beams=args.generation_num_beams or 1,
-            max_new_tokens=data_args.max_target_length,
-        )
+        # The main process translates and caches; the others wait (raise --ddp_timeout for a long translation) and
+        # load its cache, so that every process trains on the same targets.
+        with args.main_process_first(desc="translating the training sources with the teacher"):
+            translated = teacher_translations(
+                teacher,
+                references,
+                data_args.pseudo_target_cache_dir,
+                target_tokenizer.pad_token_id,
+                num_beams=args.generation_num_beams or 1,
+                max_new_tokens=data_args.max_target_length,
+            )
         student_train = (
             datasets.concatenate_datasets([references, translated]) if data_args.mix_references else translated
         )
@@ -223,6 +228,10 @@ def main(argv: list[str] | None = None) -> dict:
         trainer_class=Seq2SeqDistillationTrainer,
         baseline_train_dataset=references,
     )
+
+    # Stage 4 measures the models and writes results.json on the main process alone; the others are done.
+    if not trainer.is_world_process_zero():
+        return {}
     target_tokenizer.save_pretrained(os.path.join(args.output_dir, "target_tokenizer"))
 
     # Stage 4: BLEU and chrF on the held-out pairs, size and latency for each model.
@@ -275,7 +284,8 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
 
     source_tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     check_coverage(source_tokenizer, pairs["train"]["source"][:200], "source")
-    target_tokenizer = target_tokenizer_once(data_args, pairs["train"]["target"])
+    with args.main_process_first(desc="training the target tokenizer"):  # trained once, by the main process
+        target_tokenizer = target_tokenizer_once(data_args, pairs["train"]["target"])
     tokenized = tokenize_pairs(
         pairs["train"],
         source_tokenizer,
