@@ -7,7 +7,7 @@ speed-up over the teacher at batch 1 (latency) and batch 32 (throughput), each a
 and averaged over the seeds. Target: a student at least 5x faster (batch 1) with at least 97 % retention.
 
     python benchmarks/frontier.py [--seeds 1 2 3] [--students 4L-312H 4L-192H 2L-128H] [--epochs 5]
-        [--output_dir outputs/frontier] [-- more recipe flags, e.g. --max_train_samples 256]
+        [--output_dir outputs/frontier] [--reuse] [-- more recipe flags, e.g. --max_train_samples 256]
 """
 
 import argparse
@@ -97,12 +97,20 @@ def main() -> None:
     parser.add_argument("--students", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--output_dir", default=os.path.join("outputs", "frontier"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="Take the results.json of runs already in output_dir, not rerun them."
+    )
     options, extra_flags = parser.parse_known_args()
     recipe = load_recipe()
     runs = {name: [] for name in options.students}
     for name in options.students:
         for seed in options.seeds:
             output_dir = os.path.join(options.output_dir, name, f"seed{seed}")
+            done = os.path.join(output_dir, "results.json")
+            if options.reuse and os.path.isfile(done):  # a finished run of an interrupted benchmark
+                with open(done, encoding="utf-8") as file:
+                    runs[name].append(json.load(file))
+                continue
             flags = recipe_flags(name, seed, options.epochs, output_dir)
             runs[name].append(recipe.main(flags + [flag for flag in extra_flags if flag != "--"]))
     summaries = {name: summarise(results) for name, results in runs.items()}
