@@ -12,6 +12,12 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import LocalTokenNotFoundError
 from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.repocard_data import model_index_to_eval_results
+
+# The classification recipe's own tests make its tiny teacher and data.
+from test_recipe_text_classification import load_recipe, recipe_flags, reviews_csv, tiny_teacher_dir  # noqa: F401
+from test_translation import load_recipe as load_translation_recipe
+from test_translation import marian_dir, pairs_tsv  # noqa: F401
+from test_translation import recipe_flags as translation_flags
 from transformers import BertForSequenceClassification, BertTokenizerFast
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -315,3 +321,55 @@ def test_hub_strategies_that_upload_checkpoints_are_refused(tmp_path, strategy):
     with pytest.raises(ValueError, match=f"hub_strategy='{strategy}' uploads whole checkpoints"):
         DistillationArguments(output_dir=str(tmp_path), push_to_hub=True, hub_strategy=strategy)
     DistillationArguments(output_dir=str(tmp_path), hub_strategy=strategy)  # without push_to_hub it changes nothing
+
+
+def test_classification_recipe_publishes_the_student_alone_with_its_card(
+    tiny_teacher_dir,  # noqa: F811
+    reviews_csv,  # noqa: F811
+    tmp_path,
+    hub,
+):
+    recipe = load_recipe()
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--logging_steps", "1", "--push_to_hub", "true")
+    results = recipe.main([*flags, "--hub_model_id", "someone/tiny-student"])
+
+    output_dir = str(tmp_path / "out")
+    assert {(upload.repo_id, upload.folder) for upload in hub.uploads} == {("someone/tiny-student", output_dir)}
+    final = hub.uploads[-1]  # the baseline, results.json and checkpoints stay local
+    assert final.files == sorted([*STUDENT_FILES, "quality_vs_latency.png"])
+    card = ModelCard(final.card)
+    assert card.data.pipeline_tag == "text-classification" and card.data.base_model is None  # a local teacher
+    assert f"| student | {results['student']['accuracy'] * 100:.1f} ± " in card.text
+    assert "python recipes/text_classification.py --teacher_model_name_or_path" in card.text
+    assert "trained on this task once and kept for reuse in" in card.text
+    assert open(os.path.join(output_dir, "README.md"), encoding="utf-8").read() == final.card
+
+
+def test_translation_recipe_publishes_the_student_with_both_tokenizers(
+    marian_dir,  # noqa: F811
+    pairs_tsv,  # noqa: F811
+    tmp_path,
+    hub,
+):
+    flags = translation_flags(marian_dir, pairs_tsv, tmp_path, "--logging_steps", "1", "--push_to_hub", "true")
+    results = load_translation_recipe().main([*flags, "--hub_model_id", "someone/tiny-translator"])
+
+    final = hub.uploads[-1]
+    assert final.repo_id == "someone/tiny-translator" and len(hub.uploads) == 1  # save_strategy no: one push
+    tokenizer_files = ["tokenizer.json", "tokenizer_config.json"]
+    assert final.files == sorted(
+        [
+            *("README.md", "config.json", "generation_config.json", "loss_curves.png", "model.safetensors"),
+            *("quality_vs_latency.png", *tokenizer_files),
+            *(f"target_tokenizer/{name}" for name in tokenizer_files),  # the decoder's side
+        ]
+    )
+    card = ModelCard(final.card)
+    assert (card.data.pipeline_tag, card.data.language) == ("translation", ["en", "es"])
+    _, scores = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert {(score.metric_type, score.metric_value) for score in scores} == {
+        ("bleu", results["student"]["bleu"]),
+        ("chrf", results["student"]["chrf"]),
+    }
+    assert CITATIONS["kim_rush"] in card.text
+    assert "training targets: sequence-level (the teacher's beam-search translations)" in card.text
