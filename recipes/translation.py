@@ -24,12 +24,15 @@ from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, set_see
 from nlpkd import Seq2SeqDistillationArguments, Seq2SeqDistillationTrainer
 from nlpkd.assets import minilm_path
 from nlpkd.cli import parse_recipe_args
+from nlpkd.hub import TARGET_TOKENIZER_DIR
 from nlpkd.pipeline import (
     build_student,
+    dataset_card,
     distil_and_train_baseline,
     distillation_settings,
     finetune_teacher_once,
     fingerprint,
+    publish_student,
     report_results,
 )
 from nlpkd.pseudo_targets import teacher_translations
@@ -48,6 +51,8 @@ from nlpkd.translation import (
 )
 
 logger = logging.getLogger(__name__)
+
+EMBEDDED_DATA = "English–Spanish Bible verse pairs (World English Bible, Reina-Valera 1909; public domain)"
 
 # Marian checkpoints (Helsinki-NLP/opus-mt-*) are `MarianMTModel`s, SeamlessM4T's text model `...ForTextToText`.
 SEQ2SEQ_ARCHITECTURES = ("ForConditionalGeneration", "EncoderDecoderModel", "MTModel", "ForTextToText")
@@ -216,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     collator = Seq2SeqCollator(
         source_tokenizer, teacher.generation_config.decoder_start_token_id, target_tokenizer.pad_token_id
     )
+    # Next to the student, so that its folder (and a push during training) holds both of its tokenizers.
+    if args.should_save:
+        target_tokenizer.save_pretrained(os.path.join(args.output_dir, TARGET_TOKENIZER_DIR))
     trainer = distil_and_train_baseline(
         student,
         baseline,
@@ -232,7 +240,6 @@ def main(argv: list[str] | None = None) -> dict:
     # Stage 4 measures the models and writes results.json on the main process alone; the others are done.
     if not trainer.is_world_process_zero():
         return {}
-    target_tokenizer.save_pretrained(os.path.join(args.output_dir, "target_tokenizer"))
 
     # Stage 4: BLEU and chrF on the held-out pairs, size and latency for each model.
     generate_kwargs = dict(num_beams=args.generation_num_beams or 1, max_new_tokens=data_args.max_target_length)
@@ -262,6 +269,25 @@ def main(argv: list[str] | None = None) -> dict:
     results["sequence_level_kd"] = data_args.sequence_level_kd
     results["distillation"] = distillation_settings(args, trainer.layer_map)
     report_results(results, models, args.output_dir)
+    kd = (
+        "sequence-level (the teacher's beam-search translations)" if data_args.sequence_level_kd else "word-level only"
+    )
+    if data_args.sequence_level_kd and data_args.mix_references:
+        kd += ", mixed with the references"
+    publish_student(
+        trainer,
+        results,
+        "recipes/translation.py",
+        argv,
+        teacher,
+        teacher_args,
+        student_args,
+        tasks="translation",
+        language=[data_args.source_lang, data_args.target_lang],
+        eval_split="test",
+        setup={"training targets": kd},
+        **dataset_card(data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, EMBEDDED_DATA),
+    )
     return results
 
 
