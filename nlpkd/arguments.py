@@ -45,6 +45,14 @@ class DistillationArguments(TrainingArguments):
         layer_map (`list[int]`, *optional*):
             Entry m-1 is the teacher layer (1..N) that student layer m learns from; the embeddings always map 0 to 0.
             Defaults to TinyBERT's uniform map g(m) = m·N/M.
+        teacher_logits_cache_dir (`str`, *optional*):
+            Run the teacher once over the training set and keep its top-k logits under this folder (see
+            `nlpkd.teacher_cache`); training then reads them instead of running the teacher. Only for logit KD
+            (`hidden_weight` and `attention_weight` 0, `logit_loss` `kl` or `soft_ce`), not for masked LMs (their
+            masks change every epoch). None (the default) runs the teacher online.
+        teacher_logits_top_k (`int`, *optional*, defaults to `64`):
+            How many of the teacher's largest logits the cache keeps per position; the rest is one merged class
+            (see `nlpkd.losses.sparse_logit_kd_loss`). At least the number of classes keeps every logit: exact KD.
     """
 
     temperature: float = field(
@@ -83,6 +91,18 @@ class DistillationArguments(TrainingArguments):
         },
     )
 
+    teacher_logits_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cache the teacher's top-k logits over the training set in this folder and train from them "
+            "without running the teacher (logit KD only). Default: run the teacher online."
+        },
+    )
+    teacher_logits_top_k: int = field(
+        default=64,
+        metadata={"help": "Logits per position the teacher cache keeps (>= 1); the others merge into one class."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if not self.temperature > 0:
@@ -116,6 +136,33 @@ class DistillationArguments(TrainingArguments):
                     f"layer_map must be a non-empty list of teacher layer numbers >= 1 (0 is the embeddings, which "
                     f"always map to each other), got {self.layer_map}."
                 )
+        if type(self.teacher_logits_top_k) is not int or self.teacher_logits_top_k < 1:
+            raise ValueError(
+                f"teacher_logits_top_k must be an integer >= 1, got {self.teacher_logits_top_k!r}; 64 keeps almost "
+                "all of a large vocabulary's mass, the number of classes keeps every logit."
+            )
+        if self.teacher_logits_cache_dir is not None:
+            self._check_teacher_cache()
+
+    def _check_teacher_cache(self) -> None:
+        cache = f"teacher_logits_cache_dir={self.teacher_logits_cache_dir!r}"
+        layer_wise = {name: getattr(self, name) for name in ("hidden_weight", "attention_weight")}
+        if any(value > 0 for value in layer_wise.values()):
+            raise ValueError(
+                f"{cache} keeps only the teacher's logits, but {layer_wise} need its hidden states or attention "
+                "maps at every step. Set hidden_weight=0 and attention_weight=0, or teacher_logits_cache_dir=None "
+                "to run the teacher online."
+            )
+        if self.logit_weight == 0:
+            raise ValueError(
+                f"{cache} but logit_weight=0: no loss reads the teacher's logits. Set logit_weight > 0, or "
+                "teacher_logits_cache_dir=None."
+            )
+        if self.logit_loss == "mse":
+            raise ValueError(
+                f"{cache} keeps the top-k logits only, but logit_loss='mse' compares every raw logit. Use "
+                "logit_loss='kl' or 'soft_ce', or teacher_logits_cache_dir=None."
+            )
 
     @property
     def needs_teacher(self) -> bool:
@@ -171,6 +218,11 @@ class Seq2SeqDistillationArguments(DistillationArguments, Seq2SeqTrainingArgumen
             value = getattr(self, name)
             if value is not None and (not value or not all(type(g) is int and g >= 1 for g in value)):
                 raise ValueError(f"{name} must be a non-empty list of teacher layer numbers >= 1, got {value}.")
+        if self.teacher_logits_cache_dir is not None:
+            raise ValueError(
+                f"teacher_logits_cache_dir={self.teacher_logits_cache_dir!r} is for encoder-only and decoder-only "
+                "models; a seq2seq teacher runs online here. Set teacher_logits_cache_dir=None."
+            )
         for name in ("encoder_weight", "decoder_weight", "cross_attention_weight"):
             value = getattr(self, name)
             if not value >= 0:

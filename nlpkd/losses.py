@@ -49,6 +49,54 @@ def logit_kd_loss(
     return _masked_mean(per_position, None) * temperature**2
 
 
+def sparse_logit_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_values: torch.Tensor,
+    teacher_indices: torch.Tensor,
+    teacher_rest: torch.Tensor,
+    temperature: float = 1.0,
+    kind: str = "kl",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logit distillation against a teacher kept as its top-k logits (`nlpkd.teacher_cache`), averaged over the
+    valid positions.
+
+    The missing mass: each side becomes k + 1 buckets — the k classes of the teacher's top-k and one "rest" bucket
+    that merges every other class, with the logsumexp of their logits as its logit. The teacher's rest logit is
+    stored with its top-k; the student's is the logsumexp of its logits outside the teacher's top-k indices, which
+    stays exact when its rest mass is tiny (1 − Σ top-k probabilities would round to 0). Both bucket vectors are
+    then divided by T and compared as `logit_kd_loss` compares logits (T²-scaled for `kl` and `soft_ce`). So at
+    T = 1 the buckets hold exactly the top-k probabilities of the full softmax and the remaining probability;
+    at T ≠ 1 the rest is tempered as one merged class, the same way on both sides (identical logits give 0 at any T).
+    When k equals the number of classes there is no rest bucket and the loss equals `logit_kd_loss` exactly.
+
+    Args:
+        student_logits: (..., C) student logits.
+        teacher_values: (..., k) the teacher's top-k logits (any float dtype; computed in fp32).
+        teacher_indices: (..., k) their class ids in 0..C-1, distinct per position.
+        teacher_rest: (...) logsumexp of the teacher's logits outside its top-k (unused when k = C).
+        temperature: softmax temperature T.
+        kind: `kl` = KL(p_T ‖ p_S) or `soft_ce` = −Σ p_T log p_S over the buckets. `mse` compares every raw logit,
+            which the top-k does not hold: refused.
+        mask: (...) boolean, true where a position counts; None = all positions.
+    """
+    if kind not in ("kl", "soft_ce"):
+        raise ValueError(
+            f"kind must be 'kl' or 'soft_ce' with a top-k teacher, got {kind!r}: 'mse' compares every raw logit and "
+            "the cache keeps only the top k."
+        )
+    num_classes, top_k = student_logits.shape[-1], teacher_indices.shape[-1]
+    if top_k > num_classes:
+        raise ValueError(f"The teacher's top-k has k={top_k} entries but the student has only {num_classes} classes.")
+    student_logits, indices = student_logits.float(), teacher_indices.long()
+    student_buckets, teacher_buckets = student_logits.gather(-1, indices), teacher_values.float()
+    if top_k < num_classes:
+        student_rest = student_logits.scatter(-1, indices, float("-inf")).logsumexp(-1, keepdim=True)
+        student_buckets = torch.cat([student_buckets, student_rest], dim=-1)
+        teacher_buckets = torch.cat([teacher_buckets, teacher_rest.float().unsqueeze(-1)], dim=-1)
+    return logit_kd_loss(student_buckets, teacher_buckets, temperature, kind, mask)
+
+
 def hidden_mse_loss(
     student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -8,6 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import datasets
+import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
@@ -19,10 +21,11 @@ from transformers.utils.hub import PushInProgress
 
 from .arguments import DistillationArguments
 from .hub import hub_files, push_failed, upload_student
-from .losses import logit_kd_loss
+from .losses import logit_kd_loss, sparse_logit_kd_loss
 from .model_card import distillation_setup, hardware, non_default_arguments, reproduce_command, write_model_card
-from .positions import COUNT_OF_LOSS, IGNORE_INDEX, batch_counts, logit_level, logit_mask
+from .positions import COUNT_OF_LOSS, IGNORE_INDEX, MASKED_LM_CLASSES, batch_counts, logit_level, logit_mask
 from .preflight import check_teacher_student
+from .teacher_cache import CACHE_ROW, CacheRowCollator, TeacherCache, load_or_build_teacher_cache
 from .terms import AttentionTerm, HiddenTerm, single_stack_terms
 
 logger = logging.getLogger(__name__)
@@ -157,8 +160,10 @@ class DistillationMixin:
             self._weights[term.name] = args.attention_weight * term.weight
             self._counts_of[term.name] = term.count if args.attention_loss == "mse" else term.row_count
 
-        self.teacher = None
-        if args.needs_teacher:
+        self.teacher, self.teacher_cache = None, None
+        if args.teacher_logits_cache_dir is not None:
+            self.teacher_cache = self._load_or_build_teacher_cache(teacher_model)  # training never runs the teacher
+        elif args.needs_teacher:
             check_teacher_parallelism(self.accelerator)
             teacher_model.requires_grad_(False).eval()
             if getattr(teacher_model, "hf_device_map", None) is None:
@@ -174,6 +179,41 @@ class DistillationMixin:
         self._window_counts: dict[str, torch.Tensor] | None = None
         self._window_processes = 1
         self._saving_checkpoint = False
+
+    def _load_or_build_teacher_cache(self, teacher: PreTrainedModel) -> TeacherCache:
+        """Cache the teacher's top-k logits over the training set (once per teacher, data and k), and number the
+        training rows (`teacher_cache_row`) so that each batch finds its own, however the rows are shuffled."""
+        args, cache = self.args, f"teacher_logits_cache_dir={self.args.teacher_logits_cache_dir!r}"
+        if type(self.student).__name__ in MASKED_LM_CLASSES:
+            raise ValueError(
+                f"{cache}, but {type(self.student).__name__} is a masked LM: its collator draws new masked positions "
+                "every epoch, so the teacher's logits at them cannot be computed ahead. Set "
+                "teacher_logits_cache_dir=None to run the teacher online."
+            )
+        if not isinstance(self.train_dataset, datasets.Dataset):
+            raise TypeError(
+                f"{cache} needs a `datasets.Dataset` train_dataset, whose rows it numbers to find their cached "
+                f"logits; got {type(self.train_dataset).__name__}. Convert it (datasets.Dataset.from_list), or set "
+                "teacher_logits_cache_dir=None."
+            )
+        train = self.train_dataset
+        if CACHE_ROW in train.column_names:
+            train = train.remove_columns(CACHE_ROW)
+        teacher.requires_grad_(False).eval().to(args.device)
+        with args.main_process_first(desc="teacher logits cache"):
+            teacher_cache = load_or_build_teacher_cache(
+                args.teacher_logits_cache_dir,
+                teacher,
+                self._remove_unused_columns(train, "training"),
+                self.data_collator,
+                self.logit_level,
+                args.teacher_logits_top_k,
+                self.label_names,
+                args.per_device_eval_batch_size,
+            )
+        self.train_dataset = train.add_column(CACHE_ROW, np.arange(len(train)))
+        self.data_collator = CacheRowCollator(self.data_collator)
+        return teacher_cache
 
     def _check_pair(self, teacher: PreTrainedModel, student: PreTrainedModel, args) -> list[int]:
         return check_teacher_student(teacher, student, args)
@@ -191,7 +231,7 @@ class DistillationMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training and self._has_labels(inputs):
             # Evaluation of a student with a task: its own loss on the labels.
-            outputs = model(**inputs)
+            outputs = model(**_model_inputs(inputs))
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         outputs, losses = self._distillation_losses(model, inputs)
         weights = self._weights
@@ -217,8 +257,9 @@ class DistillationMixin:
 
     def _distillation_losses(self, model, inputs) -> tuple:
         args = self.args
-        features = {name: value for name, value in inputs.items() if name not in self.label_names}
-        student_inputs = inputs if args.hard_label_weight > 0 else features
+        model_inputs = _model_inputs(inputs)
+        features = {name: value for name, value in model_inputs.items() if name not in self.label_names}
+        student_inputs = model_inputs if args.hard_label_weight > 0 else features
         with _recording([term.student for term in self.attention_terms]):
             if self.hidden_terms:
                 outputs, student_hidden = model(**student_inputs, project_hidden_states=True)
@@ -280,7 +321,9 @@ class DistillationMixin:
             # A micro-batch whose labels are all ignored gives NaN from a mean loss; it holds no label to learn.
             no_labels = self.logit_level != "sequence" and not bool((inputs["labels"] != IGNORE_INDEX).any())
             losses["hard_loss"] = outputs.logits.sum() * 0.0 if no_labels else outputs.loss
-        if args.logit_weight > 0:
+        if args.logit_weight > 0 and self.teacher_cache is not None:
+            losses["logit_loss"] = self._cached_logit_loss(inputs, outputs.logits)
+        elif args.logit_weight > 0:
             losses["logit_loss"] = self._logit_loss(inputs, outputs.logits, teacher_outputs.logits)
         for term in self.hidden_terms:
             losses[term.name] = term.loss(student_hidden[term.outputs], teacher_outputs, inputs)
@@ -292,18 +335,59 @@ class DistillationMixin:
         """Logit KD over the positions that carry a prediction: per sequence, per labelled token, or per next token."""
         if self.logit_level == "causal":  # logits at i predict token i+1: the last position predicts nothing
             student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
-        mask = logit_mask(inputs, self.logit_level)
-        if mask is not None:
-            if mask.shape != student_logits.shape[:-1]:
-                raise ValueError(
-                    f"Cannot line up logits {tuple(student_logits.shape)} with labels/mask {tuple(mask.shape)} "
-                    f"for {type(self.student).__name__} ({self.logit_level}-level logits)."
-                )
-            # Only the counted positions go through the softmax: for a masked LM that is ~15 % of them. When all
-            # count (causal LM blocks), skip the copy: (B, T, V) logits are hundreds of MB.
-            if not bool(mask.all()):
-                student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
+        mask = self._distilled_mask(inputs, student_logits)
+        # Only the counted positions go through the softmax: for a masked LM that is ~15 % of them. When all count
+        # (causal LM blocks), skip the copy: (B, T, V) logits are hundreds of MB.
+        if mask is not None and not bool(mask.all()):
+            student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
         return logit_kd_loss(student_logits, teacher_logits, self.args.temperature, self.args.logit_loss)
+
+    def _cached_logit_loss(self, inputs, student_logits: torch.Tensor) -> torch.Tensor:
+        """Logit KD against the cached top-k of this batch's rows, over the same positions as `_logit_loss`."""
+        rows = inputs.get(CACHE_ROW)
+        if rows is None:
+            raise ValueError(
+                f"This batch has no {CACHE_ROW}, so the teacher_logits_cache_dir cache holds no logits for it: only "
+                "the training set is cached. Evaluate on data with labels (the student's own loss), or set "
+                "teacher_logits_cache_dir=None to run the teacher online."
+            )
+        values, indices, rest, cached_counts = self.teacher_cache.lookup(rows.tolist())
+        if self.logit_level == "causal":
+            student_logits = student_logits[:, :-1]
+        mask = self._distilled_mask(inputs, student_logits)
+        if self.logit_level == "sequence":
+            counts = torch.ones(student_logits.shape[0], dtype=torch.long)
+        else:
+            if mask is None:
+                mask = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device)
+            counts = mask.sum(1).cpu()
+            student_logits = student_logits[mask]  # (N, C) in the cache's order: row by row, position by position
+        if not torch.equal(counts, cached_counts):
+            raise ValueError(
+                f"The cache at {self.teacher_cache.path} holds {cached_counts.tolist()} positions for rows "
+                f"{rows.tolist()}, but this batch distils {counts.tolist()}: the labels differ from those the cache "
+                "was built with (does the collator draw them at random?). Set teacher_logits_cache_dir=None to run "
+                "the teacher online."
+            )
+        device = student_logits.device
+        return sparse_logit_kd_loss(
+            student_logits,
+            values.to(device),
+            indices.to(device),
+            rest.to(device),
+            self.args.temperature,
+            self.args.logit_loss,
+        )
+
+    def _distilled_mask(self, inputs, logits: torch.Tensor) -> torch.Tensor | None:
+        """`logit_mask` of the batch, checked against the (B, T) positions of `logits`; None = every position."""
+        mask = logit_mask(inputs, self.logit_level)
+        if mask is not None and mask.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"Cannot line up logits {tuple(logits.shape)} with labels/mask {tuple(mask.shape)} "
+                f"for {type(self.student).__name__} ({self.logit_level}-level logits)."
+            )
+        return mask
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs (they carry "loss") get the mean of each component since the previous log, over all processes
@@ -335,6 +419,8 @@ class DistillationMixin:
         if self._signature_columns is None:
             self._signature_columns = list(inspect.signature(self.model.student.forward).parameters)
             self._signature_columns += list({"label", "label_ids", *self.label_names})
+            if self.args.teacher_logits_cache_dir is not None:  # each row's place in the teacher cache
+                self._signature_columns.append(CACHE_ROW)
 
     # ---- saving: the student alone in every model folder, the projections only in checkpoints ----
 
@@ -511,6 +597,9 @@ class DistillationTrainer(DistillationMixin, Trainer):
     Logit KD runs over the positions that carry a prediction (see `nlpkd.positions`): per sequence for classifiers,
     per labelled token for masked LMs, per next-token label for causal LMs. Each loss is divided by its count of
     positions over the whole optimizer step, so gradient accumulation gives the gradients of one big batch.
+
+    With `teacher_logits_cache_dir`, the teacher's top-k logits over the training set are computed once at init (or
+    loaded, see `nlpkd.teacher_cache`) and training never runs the teacher.
     """
 
 
@@ -529,6 +618,11 @@ def check_teacher_parallelism(accelerator) -> None:
             "(recipes/accelerate/deepspeed_zero2.yaml), FSDP (recipes/accelerate/fsdp.yaml) or DDP "
             "(recipes/accelerate/multi_gpu.yaml) instead."
         )
+
+
+def _model_inputs(inputs: dict) -> dict:
+    """The batch without the teacher-cache row numbers, which no model takes."""
+    return {name: value for name, value in inputs.items() if name != CACHE_ROW}
 
 
 @contextlib.contextmanager

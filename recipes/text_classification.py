@@ -3,6 +3,9 @@
     python recipes/text_classification.py                       # embedded default: MiniLM teacher, movie reviews
     python recipes/text_classification.py recipes/configs/text_classification.yaml
     python recipes/text_classification.py --train_file reviews.csv --text_column review --label_column stars
+    python recipes/text_classification.py --hidden_weight 0 --attention_weight 0 --teacher_logits_cache_dir logits
+
+The last runs logit KD alone from the teacher's top-k logits, cached once under logits/ (see README).
 
 Writes the student (loadable with AutoModelForSequenceClassification), its tokenizer, its model card (README.md),
 quality_vs_latency.png, loss_curves.png and results.json to --output_dir, with the baseline under

@@ -144,3 +144,14 @@ def test_a_cached_teacher_gives_the_same_student_as_a_fresh_one(tiny_teacher_dir
         students.append(AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").state_dict())
     for name, weight in students[0].items():
         torch.testing.assert_close(students[1][name], weight, rtol=0, atol=0, msg=name)
+
+
+def test_text_classification_recipe_distils_from_the_cache(tiny_teacher_dir, reviews_csv, tmp_path):
+    extra = ("--no_baseline", "true", "--hidden_weight", "0", "--attention_weight", "0")
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, *extra)
+    flags += ["--teacher_logits_cache_dir", str(tmp_path / "logits"), "--teacher_logits_top_k", "4"]
+    results = load_recipe().main(flags)
+    assert results["distillation"]["teacher_logits_top_k"] == 4
+    (folder,) = (tmp_path / "logits").iterdir()
+    metadata = json.loads((folder / "teacher_cache.json").read_text())
+    assert metadata["stored_top_k"] == metadata["num_classes"] == 2  # k above the class count keeps every logit
