@@ -1,6 +1,7 @@
-"""Searching temperature and loss weights with `Trainer.hyperparameter_search`."""
+"""Searching temperature and loss weights with `Trainer.hyperparameter_search`, and component losses in TensorBoard."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -189,3 +190,32 @@ def test_search_without_optuna_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
     with pytest.raises(ImportError, match=r"pip install optuna"):
         SearchArguments(search_trials=2)
+
+
+def test_component_losses_reach_tensorboard(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log_dir = tmp_path / "tensorboard"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(log_dir))  # transformers 5 has no `logging_dir` argument
+    trainer = DistillationTrainer(
+        model=make_student(),
+        teacher_model=make_teacher(),
+        args=make_args(
+            tmp_path / "out", max_steps=3, report_to=["tensorboard"], hidden_weight=1.0, attention_weight=1.0
+        ),
+        train_dataset=make_classification_dataset(),
+        data_collator=PadCollator(),
+    )
+    trainer.train()
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    logged = step_logs(trainer)
+    assert len(logged) == 3
+    for name in ("loss", *COMPONENTS):
+        scalars = events.Scalars(f"train/{name}")
+        assert [event.step for event in scalars] == [entry["step"] for entry in logged], name
+        for event, entry in zip(scalars, logged, strict=True):
+            assert math.isfinite(event.value)
+            assert event.value == pytest.approx(entry[name], rel=1e-6), name  # stored as float32
