@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_pt_utils import nested_gather
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer_utils import HubStrategy, enable_full_determinism, number_of_arguments, set_seed
 from transformers.utils import can_return_loss, find_labels
 from transformers.utils.hub import PushInProgress
 
@@ -120,27 +121,31 @@ class DistillationMixin:
         model: PreTrainedModel | None = None,
         teacher_model: PreTrainedModel | None = None,
         args: DistillationArguments | None = None,
+        model_init: Callable[..., PreTrainedModel] | None = None,
         **kwargs,
     ):
-        if model is None or teacher_model is None:
-            raise ValueError(f"{type(self).__name__} needs both `model` (the student) and `teacher_model`.")
+        if teacher_model is None or (model is None and model_init is None):
+            raise ValueError(
+                f"{type(self).__name__} needs both `model` (the student) and `teacher_model`; for a fresh student per "
+                "run (`hyperparameter_search`), pass `model_init`, a function returning one, instead of `model`."
+            )
+        if model is not None and model_init is not None:
+            raise ValueError(f"{type(self).__name__} takes `model` or `model_init`, not both.")
         if not isinstance(args, DistillationArguments):
             raise TypeError(f"args must be a DistillationArguments, got {type(args).__name__}.")
-        self.layer_map = self._check_pair(teacher_model, model, args)
-        self.hidden_terms, self.attention_terms = self._layer_terms(model, teacher_model, args)
-        projections = None
-        if self.hidden_terms:
-            projections = nn.ModuleList(
-                projection
-                for term in self.hidden_terms
-                for projection in _projections(
-                    self._width(model, term), self._width(teacher_model, term), len(term.layer_map) + 1
-                )
-            )
-        hidden_outputs = tuple(term.outputs for term in self.hidden_terms)
+        self.teacher, self.teacher_cache = None, None
+        self._teacher_model = teacher_model
+        if model is None:
+            # The Trainer seeds before every model_init; the first student is only for the checks and the Trainer's
+            # inspection, and each `train()` makes its own.
+            enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+            model = model_init() if number_of_arguments(model_init) == 0 else model_init(None)
         self._hub_repo_deferred = True  # see init_hf_repo
-        super().__init__(model=DistillationModel(model, projections, hidden_outputs), args=args, **kwargs)
+        super().__init__(model=self._distillation_model(model, args), args=args, **kwargs)
         self._hub_repo_deferred = False
+        if model_init is not None and (self.optimizer is not None or self.lr_scheduler is not None):
+            raise ValueError("`model_init` makes a new student per run: it cannot take fixed `optimizers`.")
+        self.model_init = model_init
         self._teacher_name = teacher_model.name_or_path
         self._card_facts: dict = {}
         # The Trainer inspected the wrapper; labels and loss behaviour are the student's.
@@ -151,6 +156,30 @@ class DistillationMixin:
         # compute_loss scales each loss to its share of the optimizer step (see `_normalisers`).
         self.loss_is_scaled_for_ga = True
         self.logit_level = logit_level(model)
+        self._prepare_teacher()
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_steps = 0
+        self._eval_component_sums: dict[str, torch.Tensor] = {}
+        self._eval_component_steps = 0
+        self._window_counts: dict[str, torch.Tensor] | None = None
+        self._window_processes = 1
+        self._saving_checkpoint = False
+
+    def _distillation_model(self, student: PreTrainedModel, args: DistillationArguments) -> DistillationModel:
+        """Check the pair, set up the loss terms and weights that `args` asks for, and wrap `student` with fresh
+        projections. Runs at init and, with `model_init`, again for each run once its (trial's) settings are set."""
+        teacher = self._teacher_model
+        self.layer_map = self._check_pair(teacher, student, args)
+        self.hidden_terms, self.attention_terms = self._layer_terms(student, teacher, args)
+        projections = None
+        if self.hidden_terms:
+            projections = nn.ModuleList(
+                projection
+                for term in self.hidden_terms
+                for projection in _projections(
+                    self._width(student, term), self._width(teacher, term), len(term.layer_map) + 1
+                )
+            )
         self._weights = {"hard_loss": args.hard_label_weight, "logit_loss": args.logit_weight}
         self._counts_of = {name: COUNT_OF_LOSS[name] for name in self._weights}
         for term in self.hidden_terms:
@@ -159,26 +188,37 @@ class DistillationMixin:
         for term in self.attention_terms:
             self._weights[term.name] = args.attention_weight * term.weight
             self._counts_of[term.name] = term.count if args.attention_loss == "mse" else term.row_count
-
-        self.teacher, self.teacher_cache = None, None
-        if args.teacher_logits_cache_dir is not None:
-            self.teacher_cache = self._load_or_build_teacher_cache(teacher_model)  # training never runs the teacher
-        elif args.needs_teacher:
-            check_teacher_parallelism(self.accelerator)
-            teacher_model.requires_grad_(False).eval()
-            if getattr(teacher_model, "hf_device_map", None) is None:
-                # Accelerate places no model itself under FSDP; a teacher loaded with a device_map stays where it is.
-                teacher_model.to(self.args.device)
-            # Evaluation mode: put inside the same autocast as the student, never wrapped in DDP/FSDP.
-            self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         self._causal_attention = any(term.causal for term in self.attention_terms)
-        self._component_sums: dict[str, torch.Tensor] = {}
-        self._component_steps = 0
-        self._eval_component_sums: dict[str, torch.Tensor] = {}
-        self._eval_component_steps = 0
-        self._window_counts: dict[str, torch.Tensor] | None = None
-        self._window_processes = 1
-        self._saving_checkpoint = False
+        return DistillationModel(student, projections, tuple(term.outputs for term in self.hidden_terms))
+
+    def _prepare_teacher(self) -> None:
+        """Cache the teacher's logits (then training never runs it), or make it ready to run: frozen, in eval mode,
+        on the student's device, inside the same autocast, never wrapped for gradient sync."""
+        args, teacher = self.args, self._teacher_model
+        if args.teacher_logits_cache_dir is not None:
+            if self.teacher_cache is None:
+                self.teacher_cache = self._load_or_build_teacher_cache(teacher)
+            return
+        if self.teacher is not None or not args.needs_teacher:
+            return
+        check_teacher_parallelism(self.accelerator)
+        teacher.requires_grad_(False).eval()
+        if getattr(teacher, "hf_device_map", None) is None:
+            # Accelerate places no model itself under FSDP; a teacher loaded with a device_map stays where it is.
+            teacher.to(args.device)
+        self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _hp_search_setup(self, trial) -> None:
+        # `train()` calls this right after `model_init` made a fresh student, with a search trial's settings (e.g.
+        # temperature, loss weights) now set on args: the terms, weights and projections follow them.
+        super()._hp_search_setup(trial)
+        if self.model_init is None:
+            return
+        self.model = self._distillation_model(self.model, self.args)
+        if self.place_model_on_device:
+            self._move_model_to_device(self.model, self.args.device)
+        self.model_wrapped = self.model
+        self._prepare_teacher()
 
     def _load_or_build_teacher_cache(self, teacher: PreTrainedModel) -> TeacherCache:
         """Cache the teacher's top-k logits over the training set (once per teacher, data and k), and number the
@@ -593,6 +633,10 @@ class DistillationTrainer(DistillationMixin, Trainer):
     enters the optimizer. Component losses are logged next to `loss` as `hard_loss`, `logit_loss`, `hidden_loss` and
     `attention_loss`. Evaluation reports the student's own task loss, or for a bare student (general distillation)
     the distillation loss with its components as `eval_hidden_loss` and `eval_attention_loss`.
+
+    Pass `model_init` (a function returning a fresh student) instead of `model` for `hyperparameter_search`: each
+    `train()` then starts from a new student, and the loss terms, weights and projections follow the arguments that
+    run's trial set (e.g. `temperature`, `logit_weight`, `hidden_weight`; see `nlpkd.search`).
 
     Logit KD runs over the positions that carry a prediction (see `nlpkd.positions`): per sequence for classifiers,
     per labelled token for masked LMs, per next-token label for causal LMs. Each loss is divided by its count of

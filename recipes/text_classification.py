@@ -4,8 +4,11 @@
     python recipes/text_classification.py recipes/configs/text_classification.yaml
     python recipes/text_classification.py --train_file reviews.csv --text_column review --label_column stars
     python recipes/text_classification.py --hidden_weight 0 --attention_weight 0 --teacher_logits_cache_dir logits
+    python recipes/text_classification.py --search_trials 20    # first search temperature and α (optuna)
 
-The last runs logit KD alone from the teacher's top-k logits, cached once under logits/ (see README).
+The fourth runs logit KD alone from the teacher's top-k logits, cached once under logits/ (see README). With
+--search_trials, the search's trials run under output_dir/search, the student is distilled with the best setting,
+and results.json keeps the search under "search".
 
 Writes the student (loadable with AutoModelForSequenceClassification), its tokenizer, its model card (README.md),
 quality_vs_latency.png, loss_curves.png and results.json to --output_dir, with the baseline under
@@ -13,6 +16,7 @@ output_dir/baseline. With --push_to_hub --hub_model_id NAME the student folder g
 """
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -32,6 +36,7 @@ from nlpkd.pipeline import (
     report_results,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments
+from nlpkd.search import SearchArguments, search_distillation
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ DEFAULTS = dict(
     report_to="none",
     train_sampling_strategy="group_by_length",
     disable_tqdm=True,
+    search_metric="eval_accuracy",
 )
 
 
@@ -78,8 +84,8 @@ class DataArguments:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, teacher_args, student_args, args = parse_recipe_args(
-        (DataArguments, TeacherArguments, StudentArguments, DistillationArguments), DEFAULTS, argv
+    data_args, teacher_args, student_args, search_args, args = parse_recipe_args(
+        (DataArguments, TeacherArguments, StudentArguments, SearchArguments, DistillationArguments), DEFAULTS, argv
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
@@ -111,6 +117,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Stage 1: a teacher with a trained head (fine-tuned once, then reused).
     teacher = prepare_teacher(teacher_args, teacher_path, data, tokenized, tokenizer, args, data_args.max_seq_length)
+
+    # Stage 2a (with --search_trials): search temperature and loss weights, each trial scored on the validation split.
+    search = None
+    if search_args.search_trials is not None:
+        search = search_distillation(
+            lambda: build_student(teacher, student_args, AutoModelForSequenceClassification),
+            teacher,
+            args,
+            search_args,
+            train_dataset=tokenized["train"],
+            eval_dataset=tokenized["validation"],
+            processing_class=tokenizer,
+            data_collator=collator,
+            compute_metrics=compute_accuracy_f1,
+        )
+        args = dataclasses.replace(args, **search["best_settings"])
 
     # Stage 2: distil the student.
     set_seed(args.seed)  # the same student whether the teacher was just trained or loaded from the cache
@@ -144,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
     results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
     results["distillation"] = distillation_settings(args, trainer.layer_map)
+    if search is not None:
+        results["search"] = search
     report_results(results, models, args.output_dir)
     embedded = data_args.dataset_name is None and data_args.train_file is None
     publish_student(

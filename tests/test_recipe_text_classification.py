@@ -125,7 +125,13 @@ def test_recipe_rejects_a_missing_column_before_training(tiny_teacher_dir, revie
 
 def test_shipped_config_spells_out_the_default_run():
     recipe = load_recipe()
-    types = (recipe.DataArguments, recipe.TeacherArguments, recipe.StudentArguments, recipe.DistillationArguments)
+    types = (
+        recipe.DataArguments,
+        recipe.TeacherArguments,
+        recipe.StudentArguments,
+        recipe.SearchArguments,
+        recipe.DistillationArguments,
+    )
     config = str(RECIPE.parent / "configs" / "text_classification.yaml")
     from_config = recipe.parse_recipe_args(types, recipe.DEFAULTS, [config])
     from_defaults = recipe.parse_recipe_args(types, recipe.DEFAULTS, [])
