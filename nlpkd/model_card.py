@@ -129,6 +129,7 @@ def model_card(
         model_name=model_name,
         summary=summary,
         results_table=markdown_results_table(results) if results else None,
+        search=search_summary((results or {}).get("search")),
         eval_split=eval_split,
         plots=plots,
         setup=setup,
@@ -159,6 +160,26 @@ def _eval_results(student, pipeline_tag, datasets, dataset_name, dataset_config,
         )
         for key, value in scores.items()
     ]
+
+
+def search_summary(search: dict | None) -> dict | None:
+    """The temperature/weight search of results.json (`nlpkd.search`) as the card shows it: a sentence on the best
+    trial and a Markdown table of every trial's settings and score."""
+    if not search:
+        return None
+    names = list(search["best_settings"])
+    rows = ["| trial | " + " | ".join(f"`{name}`" for name in names) + f" | {search['metric']} |"]
+    rows.append("|---" * (len(names) + 2) + "|")
+    for trial in search["trials"]:
+        cells = [str(trial["trial"]), *(_number(trial[name]) for name in names)]
+        score = "pruned" if trial["score"] is None else _number(trial["score"])
+        rows.append("| " + " | ".join([*cells, score]) + " |")
+    best = ", ".join(f"{name} = {_number(value)}" for name, value in search["best_settings"].items())
+    return {
+        "best": f"trial {search['best_trial']} of {len(search['trials'])}, {search['metric']} "
+        f"{_number(search['best_score'])} ({search['direction']}), at {best}",
+        "table": "\n".join(rows),
+    }
 
 
 def distillation_setup(args, layer_map, student: torch.nn.Module) -> dict[str, str]:
@@ -250,3 +271,7 @@ def _cpu_model() -> str:
 
 def _table_cell(value) -> str:
     return str(value).replace("|", "\\|")
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _table_cell(value)

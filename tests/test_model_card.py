@@ -103,6 +103,31 @@ def test_classification_card_body_has_the_table_setup_command_and_citations():
     assert CITATIONS["kim_rush"] not in text
 
 
+def test_card_shows_the_search_that_chose_the_setting():
+    search = {
+        "metric": "eval_accuracy", "direction": "maximize", "best_trial": 1, "best_score": 0.8125,
+        "best_settings": {"temperature": 3.5, "hard_label_weight": 0.25, "logit_weight": 0.75},
+        "trials": [
+            {"trial": 0, "state": "COMPLETE", "score": 0.75, "temperature": 1.25, "hard_label_weight": 0.5,
+             "logit_weight": 0.5},
+            {"trial": 1, "state": "COMPLETE", "score": 0.8125, "temperature": 3.5, "hard_label_weight": 0.25,
+             "logit_weight": 0.75},
+            {"trial": 2, "state": "PRUNED", "score": None, "temperature": 7.0, "hard_label_weight": 0.0,
+             "logit_weight": 1.0},
+        ],
+    }  # fmt: skip
+    text = str(model_card(results={**CLASSIFICATION_RESULTS, "search": search}, **card_arguments()))
+    assert "## Temperature and weight search" in text
+    assert (
+        "trial 1 of 3, eval_accuracy 0.8125 (maximize), at temperature = 3.5, hard_label_weight = 0.25, "
+        "logit_weight = 0.75" in text
+    )
+    assert "| trial | `temperature` | `hard_label_weight` | `logit_weight` | eval_accuracy |" in text
+    assert "| 0 | 1.25 | 0.5 | 0.5 | 0.75 |" in text
+    assert "| 2 | 7 | 0 | 1 | pruned |" in text
+    assert "Temperature and weight search" not in str(model_card(results=CLASSIFICATION_RESULTS, **card_arguments()))
+
+
 def test_translation_card_has_bleu_in_the_model_index_and_both_languages():
     arguments = card_arguments(
         pipeline_tag="translation",
