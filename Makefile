@@ -61,9 +61,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check nlpkd recipes tests benchmarks
 
-# P1 step overhead, P5 peak memory (minutes), then P3 the quality-speed frontier (9 distillations: hours on 2 cores).
+# P1 step overhead, P2 cached-KD epochs, P5 peak memory (minutes), then P3 the quality-speed frontier
+# (9 distillations: hours on 2 cores).
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py
+	$(OFFLINE) $(BIN)/python benchmarks/cached_epoch.py
 	$(OFFLINE) $(BIN)/python benchmarks/peak_memory.py
 	$(OFFLINE) $(BIN)/python benchmarks/frontier.py
 
