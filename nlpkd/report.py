@@ -133,7 +133,7 @@ def format_results_table(results: dict) -> str:
     (fractions), `accuracy_ci` (half-width, a fraction), `params`, `size_mb`, `latency_ms_b1`, `throughput_b32`;
     entries that are not dicts (such as "retention") are skipped and missing values show as "-".
     """
-    models = {name: entry for name, entry in results.items() if isinstance(entry, dict)}
+    models = _models(results)
     columns = _columns(models)
     rows = [["model", *(header for _, header, _, _ in columns)]]
     for name, entry in models.items():
@@ -159,7 +159,7 @@ def format_results_table(results: dict) -> str:
 def markdown_results_table(results: dict) -> str:
     """`format_results_table` as a Markdown table, with speed-up and retention against the teacher as columns (the
     retention column only for scores that have one: accuracy, BLEU)."""
-    models = {name: entry for name, entry in results.items() if isinstance(entry, dict)}
+    models = _models(results)
     columns = _columns(models)
     teacher = models.get("teacher", {})
     key = _retained_key(teacher)
@@ -175,6 +175,16 @@ def markdown_results_table(results: dict) -> str:
             cells.append(f"{retention:.1%}" if retention is not None else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _models(results: dict) -> dict[str, dict]:
+    """The entries of `results` that are measured models: dicts with some column of the table (not, say, the
+    distillation settings or a search)."""
+    return {
+        name: entry
+        for name, entry in results.items()
+        if isinstance(entry, dict) and any(column[0] in entry for column in COLUMNS)
+    }
 
 
 def _columns(models: dict[str, dict]) -> list[tuple]:

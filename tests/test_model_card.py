@@ -95,6 +95,11 @@ def test_classification_card_body_has_the_table_setup_command_and_citations():
     assert "| student | 81.2 ± 2.5 | 80.0 | 4.39 | 17.5 | 3.0 | 1500.0 | 4.0× | 95.6% |" in text
     assert "| baseline | 70.0 | 69.0 | 4.39 | 17.5 | 3.1 | - | 3.9× | 82.4% |" in text
     assert "retention of teacher accuracy" in text
+    # results.json's other entries (the distillation settings) are not rows of the table.
+    settings = {"temperature": 2.0, "hidden_weight": 1.0, "layer_map": [1, 3, 4, 6]}
+    with_settings = str(model_card(results={**CLASSIFICATION_RESULTS, "distillation": settings}, **card_arguments()))
+    assert "| distillation |" not in with_settings
+    assert with_settings.count("| teacher |") == with_settings.count("| student |") == 1
     assert "hard_loss × 0.5; logit_loss × 0.5 (kl of the logits at T = 2.0)" in text
     assert "| `learning_rate` | `0.0002` |" in text
     assert "python recipes/text_classification.py --num_train_epochs 5" in text
