@@ -3,11 +3,15 @@
 The teacher translates the training sources once with beam search; its outputs replace (or join) the reference
 targets. They are cached on disk as a `datasets` dataset keyed by a fingerprint of the teacher's weights, the
 tokenized sources and the generation settings, so every later run (another student, another seed) reuses them.
+While they are generated, every part of `BATCHES_PER_PART` batches is kept as it finishes, so that a run cut short
+goes on from the last finished part instead of translating everything again.
 """
 
 import hashlib
+import json
 import logging
 import os
+import shutil
 
 import datasets
 import torch
@@ -18,6 +22,8 @@ from .positions import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 COMPLETE_MARKER = "nlpkd_pseudo_targets_complete"
+# Batches whose translations are saved together while the cache is being built (64 × 16 = 1,024 sources by default).
+BATCHES_PER_PART = 16
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
@@ -46,7 +52,8 @@ def teacher_translations(
 
     Sources are batched by length; with `max_length_ratio`, a batch generates at most that many tokens per source
     token of its longest source (+ 10, and never more than `max_new_tokens`), so that a translation stuck in a loop
-    cannot hold its whole batch for `max_new_tokens` steps."""
+    cannot hold its whole batch for `max_new_tokens` steps. The parts generated so far are kept in
+    `cache_dir/<fingerprint>.parts` until the whole cache is written, and a later call reuses them."""
     settings = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
     if max_length_ratio is not None:
         settings["max_length_ratio"] = max_length_ratio
@@ -64,25 +71,60 @@ def teacher_translations(
     logger.info(
         "Translating %d training sources with the teacher (beam %d), once; cached in %s", len(dataset), num_beams, path
     )
-    labels = _generate(teacher, dataset, settings, batch_size)
+    parts_dir = path + ".parts"
+    labels = _generate(teacher, dataset["input_ids"], settings, batch_size, parts_dir)
     datasets.Dataset.from_dict({"labels": labels}).save_to_disk(path)
     open(os.path.join(path, COMPLETE_MARKER), "w").close()
+    shutil.rmtree(parts_dir, ignore_errors=True)
     return dataset.remove_columns("labels").add_column("labels", labels)
 
 
-def _generate(teacher: PreTrainedModel, dataset: datasets.Dataset, settings: dict, batch_size: int) -> list[list[int]]:
-    rows = generate_by_length(
-        teacher,
-        dataset["input_ids"],
-        settings["pad_token_id"],
-        batch_size,
-        settings.get("max_length_ratio"),
-        log_every=20,
-        num_beams=settings["num_beams"],
-        max_new_tokens=settings["max_new_tokens"],
-    )
+def _generate(
+    teacher: PreTrainedModel, sources: list[list[int]], settings: dict, batch_size: int, parts_dir: str
+) -> list[list[int]]:
+    """The labels of every source, generated part by part in length order (so each batch is the one that a single
+    `generate_by_length` over all sources would make); a part already in `parts_dir` for the same sources is loaded."""
+    os.makedirs(parts_dir, exist_ok=True)
+    order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
+    part_size = batch_size * BATCHES_PER_PART
     eos = teacher.generation_config.eos_token_id
-    return [_as_labels(row[1:], eos, settings["pad_token_id"]) for row in rows]
+    labels: list[list[int] | None] = [None] * len(sources)
+    for start in range(0, len(order), part_size):
+        indices = order[start : start + part_size]
+        part_path = os.path.join(parts_dir, f"part-{start // part_size:05d}.json")
+        part = _load_part(part_path, indices)
+        if part is None:
+            rows = generate_by_length(
+                teacher,
+                [sources[index] for index in indices],
+                settings["pad_token_id"],
+                batch_size,
+                settings.get("max_length_ratio"),
+                num_beams=settings["num_beams"],
+                max_new_tokens=settings["max_new_tokens"],
+            )
+            part = [_as_labels(row[1:], eos, settings["pad_token_id"]) for row in rows]
+            _save_part(part_path, indices, part)
+        for index, row in zip(indices, part, strict=True):
+            labels[index] = row
+        logger.info("Translated %d / %d sources", start + len(indices), len(order))
+    return labels
+
+
+def _load_part(path: str, indices: list[int]) -> list[list[int]] | None:
+    """A saved part's labels, or None when there is none for exactly these sources (e.g. another batch size)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as file:
+        part = json.load(file)
+    return part["labels"] if part["indices"] == indices else None
+
+
+def _save_part(path: str, indices: list[int], labels: list[list[int]]) -> None:
+    partial = path + ".tmp"  # written whole, then renamed: a run killed while writing leaves no half part
+    with open(partial, "w") as file:
+        json.dump({"indices": indices, "labels": labels}, file)
+    os.replace(partial, path)
 
 
 def generate_by_length(
@@ -91,7 +133,6 @@ def generate_by_length(
     pad_token_id: int,
     batch_size: int = 64,
     max_length_ratio: float | None = None,
-    log_every: int | None = None,
     **generate_kwargs,
 ) -> list[list[int]]:
     """`model.generate(**generate_kwargs)` over token-id `sources`, returned in their order (decoder start token
@@ -119,8 +160,6 @@ def generate_by_length(
             )
         for row, index in enumerate(indices):
             generated_rows[index] = generated[row].tolist()
-        if log_every and start // batch_size % log_every == 0:
-            logger.info("Generated %d / %d", start + len(indices), len(order))
     return generated_rows
 
 

@@ -463,6 +463,47 @@ def test_an_unfinished_cache_folder_is_generated_again(marian, tmp_path):
     assert again["labels"] == first["labels"] and cached_folders(cache_dir) == [folder]
 
 
+def test_a_translation_cut_short_goes_on_from_its_last_finished_part(marian, tmp_path, monkeypatch):
+    data = toy_tokenized()
+    monkeypatch.setattr(pseudo_targets, "BATCHES_PER_PART", 1)  # 12 sources, batches of 4: three parts
+    settings = dict(num_beams=2, max_new_tokens=12, batch_size=4)
+    whole = teacher_translations(marian, data, str(tmp_path / "whole"), PAD, **settings)
+
+    cache_dir = tmp_path / "cut"
+    original = marian.generate
+
+    def dies_in_the_third_batch(*args, **kwargs):
+        if len(started) == 2:
+            raise RuntimeError("the run is cut short")
+        started.append(kwargs)
+        return original(*args, **kwargs)
+
+    started = []
+    monkeypatch.setattr(marian, "generate", dies_in_the_third_batch)
+    with pytest.raises(RuntimeError, match="the run is cut short"):
+        teacher_translations(marian, data, str(cache_dir), PAD, **settings)
+    assert cached_folders(cache_dir) == []
+    [parts_dir] = cache_dir.iterdir()
+    assert sorted(path.name for path in parts_dir.iterdir()) == ["part-00000.json", "part-00001.json"]
+
+    monkeypatch.setattr(marian, "generate", original)
+    calls = count_generate_calls(monkeypatch, marian)
+    resumed = teacher_translations(marian, data, str(cache_dir), PAD, **settings)
+    assert len(calls) == 1  # only the third part is translated
+    assert resumed["labels"] == whole["labels"]
+    assert [path.name for path in cache_dir.iterdir()] == [cached_folders(cache_dir)[0].name]  # parts cleaned up
+
+    # A part saved for other sources (e.g. under another batch size) is translated again.
+    monkeypatch.setattr(marian, "generate", original)
+    [folder] = cached_folders(cache_dir)
+    shutil.rmtree(folder)
+    parts_dir.mkdir()
+    (parts_dir / "part-00000.json").write_text(json.dumps({"indices": [0, 1, 2], "labels": [[5, 1]] * 3}))
+    calls = count_generate_calls(monkeypatch, marian)
+    again = teacher_translations(marian, data, str(cache_dir), PAD, **settings)
+    assert len(calls) == 3 and again["labels"] == whole["labels"]
+
+
 @pytest.mark.parametrize(
     "tokens, eos, expected",
     [
