@@ -62,13 +62,15 @@ def finetune_teacher_once(
     tokenizer,
     build=None,
     training_changes: dict | None = None,
+    load=None,
     **model_kwargs,
 ) -> PreTrainedModel:
     """Fine-tune `teacher_path` as `auto_class` on `train_dataset`, once: the result is kept under
     `teacher_cache_dir/<name>-<hash of cache_key and the teacher settings>` and loaded from there by later runs.
 
     `build()`, when given, makes the model to train instead of `auto_class.from_pretrained(teacher_path)` (e.g. a
-    teacher from scratch); `training_changes` are teacher-only training arguments (e.g. label smoothing).
+    teacher from scratch); `training_changes` are teacher-only training arguments (e.g. label smoothing); `load(path)`,
+    when given, loads the kept teacher instead of `auto_class.from_pretrained(path)`.
     """
     training_changes = training_changes or {}
     settings = (
@@ -84,7 +86,7 @@ def finetune_teacher_once(
     cache_dir = os.path.join(teacher_args.teacher_cache_dir, f"{name}-{fingerprint(*settings)}")
     if os.path.isfile(os.path.join(cache_dir, "config.json")):
         logger.info("Loading the fine-tuned teacher from %s", cache_dir)
-        return auto_class.from_pretrained(cache_dir)
+        return (load or auto_class.from_pretrained)(cache_dir)
     logger.info("Fine-tuning the teacher %s; it will be kept in %s", teacher_path, cache_dir)
     teacher = build() if build is not None else auto_class.from_pretrained(teacher_path, **model_kwargs)
     trainer = Trainer(

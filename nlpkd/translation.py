@@ -236,6 +236,19 @@ def build_encoder_decoder(
     return model
 
 
+def load_encoder_decoder(path: str):
+    """An `EncoderDecoderModel` as it was saved: `EncoderDecoderModel.from_pretrained` gives a BERT encoder a new,
+    randomly initialised pooler even when the checkpoint has none (as in `build_encoder_decoder`'s teachers). The
+    pooler is never used by the forward pass, but it changes the parameter list, so a run resumed from a checkpoint
+    of the saved model would fail to load its optimizer state ("a parameter group that doesn't match the size")."""
+    from transformers import EncoderDecoderModel
+
+    model, info = EncoderDecoderModel.from_pretrained(path, output_loading_info=True)
+    if getattr(model.encoder, "pooler", None) is not None and "encoder.pooler.dense.weight" in info["missing_keys"]:
+        model.encoder.pooler = None
+    return model
+
+
 def set_target_token_ids(model, target_tokenizer) -> None:
     """Decoder start, pad and eos ids of the target tokenizer, in the config and the generation config."""
     ids = dict(

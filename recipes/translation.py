@@ -43,6 +43,7 @@ from nlpkd.translation import (
     build_encoder_decoder,
     check_coverage,
     check_languages,
+    load_encoder_decoder,
     load_translation_pairs,
     score_translations,
     tokenize_pairs,
@@ -352,6 +353,7 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
                 freeze_encoder=data_args.teacher_freeze_encoder,
             ),
             training_changes=TEACHER_TRAINING,
+            load=load_encoder_decoder,
         )
 
     if not (data_args.teacher_freeze_encoder and data_args.teacher_encoder_epochs > 0):
@@ -374,6 +376,7 @@ def prepare_teacher(data_args, teacher_args, args, pairs):
         source_tokenizer,
         build=lambda: decoder_stage().requires_grad_(True),
         training_changes=TEACHER_TRAINING,
+        load=load_encoder_decoder,
     )
     return teacher, source_tokenizer, target_tokenizer
 

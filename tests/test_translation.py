@@ -37,8 +37,10 @@ from nlpkd.pseudo_targets import _as_labels, model_fingerprint, teacher_translat
 from nlpkd.translation import (
     LANGUAGES_FILE,
     Seq2SeqCollator,
+    build_encoder_decoder,
     check_coverage,
     check_languages,
+    load_encoder_decoder,
     load_translation_pairs,
     save_languages,
     score_translations,
@@ -757,6 +759,43 @@ def test_recipe_builds_trains_and_caches_an_encoder_decoder_teacher(bert_dir, pa
     assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
     assert list((tmp_path / "tokenizers").iterdir()) == [tokenizer_dir]
     assert again["teacher"]["bleu"] == saved["teacher"]["bleu"]
+
+
+def test_a_kept_encoder_decoder_teacher_loads_as_it_was_trained(bert_dir, target_tokenizer_dir, tmp_path):
+    """A teacher stage is kept without the pooler it was built without, so that the next stage (or a run resumed
+    from its checkpoint) sees the parameters it was trained with and its optimizer state fits them."""
+    built = build_encoder_decoder(bert_dir, AutoTokenizer.from_pretrained(target_tokenizer_dir), 1, seed=0)
+    names = [name for name, _ in built.named_parameters()]
+    assert not any(".pooler." in name for name in names)
+    optimizer = torch.optim.AdamW(built.parameters())
+    built(**toy_pair_batch()).loss.backward()
+    optimizer.step()
+    built.save_pretrained(tmp_path / "teacher")
+    # The trap: the plain loader adds a fresh pooler, and an optimizer state saved for the trained model won't load.
+    plain = EncoderDecoderModel.from_pretrained(tmp_path / "teacher")
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        torch.optim.AdamW(plain.parameters()).load_state_dict(optimizer.state_dict())
+
+    loaded = load_encoder_decoder(tmp_path / "teacher")
+    assert [name for name, _ in loaded.named_parameters()] == names
+    torch.optim.AdamW(loaded.parameters()).load_state_dict(optimizer.state_dict())
+    built.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**toy_pair_batch()).logits, built(**toy_pair_batch()).logits)
+
+    # A checkpoint that has a pooler keeps it, with its weights.
+    pretrained = BertModel.from_pretrained(bert_dir)
+    EncoderDecoderModel(encoder=pretrained, decoder=built.decoder).save_pretrained(tmp_path / "with_pooler")
+    kept = load_encoder_decoder(tmp_path / "with_pooler").encoder.pooler
+    torch.testing.assert_close(kept.dense.weight, pretrained.pooler.dense.weight)
+
+
+def toy_pair_batch() -> dict:
+    return dict(
+        input_ids=torch.tensor([[2, 5, 6, 3]]),
+        decoder_input_ids=torch.tensor([[3, 4, 5]]),
+        labels=torch.tensor([[4, 5, 1]]),
+    )
 
 
 def teachers_in(folder: Path) -> list[Path]:
