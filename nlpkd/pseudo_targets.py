@@ -7,7 +7,6 @@ While they are generated, every part of `BATCHES_PER_PART` batches is kept as it
 goes on from the last finished part instead of translating everything again.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -19,21 +18,12 @@ from transformers import PreTrainedModel
 
 from .pipeline import fingerprint
 from .positions import IGNORE_INDEX
+from .teacher_cache import teacher_digest
 
 logger = logging.getLogger(__name__)
 COMPLETE_MARKER = "nlpkd_pseudo_targets_complete"
 # Batches whose translations are saved together while the cache is being built (64 × 16 = 1,024 sources by default).
 BATCHES_PER_PART = 16
-
-
-def model_fingerprint(model: PreTrainedModel) -> str:
-    """A hash of the model's class, config and every weight: two teachers share it only if they are the same."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def teacher_translations(
@@ -57,7 +47,7 @@ def teacher_translations(
     settings = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
     if max_length_ratio is not None:
         settings["max_length_ratio"] = max_length_ratio
-    key = fingerprint(model_fingerprint(teacher), dataset["input_ids"], settings)
+    key = fingerprint(teacher_digest(teacher), dataset["input_ids"], settings)
     path = os.path.join(cache_dir, key)
     if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
         logger.info("Loading the teacher's translations from %s", path)

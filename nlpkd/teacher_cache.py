@@ -65,20 +65,30 @@ class TeacherCache:
         return values, indices, flat("rest"), counts
 
 
+# Config fields that differ between a model trained in this process and the same model loaded back from disk
+# (the Trainer turns `use_cache` off; `dtype` is only written on save), or that name where it came from.
+_NOT_IDENTITY = ("transformers_version", "use_cache", "dtype", "torch_dtype")
+
+
 def teacher_digest(teacher: PreTrainedModel) -> str:
-    """sha256 of the teacher's class, config (less its path and library version) and state-dict tensors."""
+    """sha256 of the teacher's class, config (less its path, library version and run-time switches, in nested
+    configs too) and state-dict tensors: a teacher fine-tuned in this run and the same teacher loaded by the next
+    run share it, so a cache made from either is found by both."""
     digest = hashlib.sha256(type(teacher).__name__.encode())
-    config = {
-        name: value
-        for name, value in teacher.config.to_dict().items()
-        if not name.startswith("_") and name != "transformers_version"
-    }
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(_identity(teacher.config.to_dict()), sort_keys=True, default=str).encode())
     for name, tensor in sorted(teacher.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def _identity(config: dict) -> dict:
+    return {
+        name: _identity(value) if isinstance(value, dict) else value
+        for name, value in config.items()
+        if not (isinstance(name, str) and (name.startswith("_") or name in _NOT_IDENTITY))  # (id2label has ints)
+    }
 
 
 def data_digest(dataset: datasets.Dataset) -> str:

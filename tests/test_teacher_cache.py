@@ -22,6 +22,7 @@ from nlpkd.teacher_cache import (
     METADATA_NAME,
     TeacherCacheError,
     load_or_build_teacher_cache,
+    teacher_digest,
 )
 
 LOGIT_ONLY = dict(hard_label_weight=0.0, logit_weight=1.0)
@@ -199,6 +200,19 @@ def test_same_teacher_data_and_k_load_without_running_the_teacher(tmp_path, teac
     calls = spy_on_forward(teacher)
     build(tmp_path, copy.deepcopy(teacher), make_classification_dataset(num_rows=8))  # equal, not the same objects
     assert calls == [] and len(cache_folders(tmp_path)) == 1
+
+
+def test_a_teacher_trained_here_and_loaded_back_share_a_digest(tmp_path, teacher):
+    """The next run loads the teacher this run trained; its caches must still be found. Training turns `use_cache`
+    off, saving writes `dtype`: run-time switches that are not the teacher's identity."""
+    teacher.config.use_cache = False
+    teacher.config.dtype = None
+    teacher.save_pretrained(tmp_path / "teacher")
+    loaded = type(teacher).from_pretrained(tmp_path / "teacher")
+    assert loaded.config.to_dict() != teacher.config.to_dict()  # the trap this guards against
+    assert teacher_digest(loaded) == teacher_digest(teacher)
+    loaded.config.hidden_act = "relu"  # but a config field that changes the outputs is part of it
+    assert teacher_digest(loaded) != teacher_digest(teacher)
 
 
 @pytest.mark.parametrize("change", ["teacher", "data", "k"])

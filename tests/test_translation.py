@@ -33,7 +33,8 @@ from transformers import (
 import nlpkd.bible as bible
 from nlpkd import pseudo_targets
 from nlpkd.metrics import load_metric
-from nlpkd.pseudo_targets import _as_labels, model_fingerprint, teacher_translations
+from nlpkd.pseudo_targets import _as_labels, teacher_translations
+from nlpkd.teacher_cache import teacher_digest
 from nlpkd.translation import (
     LANGUAGES_FILE,
     Seq2SeqCollator,
@@ -430,10 +431,10 @@ def test_teacher_translations_are_cached_and_keyed_by_teacher_and_settings(maria
     teacher_translations(marian, data, str(cache_dir), PAD, num_beams=1, max_new_tokens=12)
     assert calls and len(cached_folders(cache_dir)) == 2
     changed = copy.deepcopy(marian)
-    assert model_fingerprint(changed) == model_fingerprint(marian)
+    assert teacher_digest(changed) == teacher_digest(marian)
     with torch.no_grad():
         changed.model.decoder.layers[0].fc1.bias[0] += 0.5
-    assert model_fingerprint(changed) != model_fingerprint(marian)
+    assert teacher_digest(changed) != teacher_digest(marian)
     changed_calls = count_generate_calls(monkeypatch, changed)
     teacher_translations(changed, data, str(cache_dir), PAD, num_beams=2, max_new_tokens=12)
     assert changed_calls and len(cached_folders(cache_dir)) == 3
@@ -754,8 +755,11 @@ def test_recipe_builds_trains_and_caches_an_encoder_decoder_teacher(bert_dir, pa
     stamp = (teacher_dir / "model.safetensors").stat().st_mtime_ns
     monkeypatch.setattr(recipe, "train_target_tokenizer", lambda *a, **k: pytest.fail("trained the tokenizer again"))
     monkeypatch.setattr(recipe, "build_encoder_decoder", lambda *a, **k: pytest.fail("built the teacher again"))
+    [translations] = cached_folders(tmp_path / "pseudo_targets")
     again = recipe.main([*flags, "--no_baseline", "true"])
     assert teachers_in(tmp_path / "teachers") == sorted(stages.values())
+    # The teacher loaded back is the teacher that translated: its translations are found, not made again.
+    assert cached_folders(tmp_path / "pseudo_targets") == [translations]
     assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
     assert list((tmp_path / "tokenizers").iterdir()) == [tokenizer_dir]
     assert again["teacher"]["bleu"] == saved["teacher"]["bleu"]
