@@ -165,7 +165,7 @@ class TranslationDataArguments:
         default=True, metadata={"help": "Train the student on the teacher's beam-search translations (Kim & Rush)."}
     )
     mix_references: bool = field(
-        default=False, metadata={"help": "With sequence_level_kd: train on the references and the teacher's outputs."}
+        default=True, metadata={"help": "With sequence_level_kd: train on the references and the teacher's outputs."}
     )
     pseudo_target_cache_dir: str = field(
         default="outputs/pseudo_targets", metadata={"help": "Where the teacher's translations are kept for reuse."}
