@@ -783,7 +783,8 @@ def test_a_kept_encoder_decoder_teacher_loads_as_it_was_trained(bert_dir, target
     loaded = load_encoder_decoder(tmp_path / "teacher")
     assert [name for name, _ in loaded.named_parameters()] == names
     torch.optim.AdamW(loaded.parameters()).load_state_dict(optimizer.state_dict())
-    built.eval(), loaded.eval()
+    built.eval()
+    loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**toy_pair_batch()).logits, built(**toy_pair_batch()).logits)
 
