@@ -1,0 +1,80 @@
+"""benchmarks/frontier.py without training: the flags each shape passes to the recipe, reuse, the summary."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+FRONTIER = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier.py"
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    spec = importlib.util.spec_from_file_location("frontier_benchmark", FRONTIER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse(frontier, shape: str, tmp_path):
+    recipe = frontier.load_recipe()
+    flags = frontier.recipe_flags(shape, seed=3, epochs=5, output_dir=str(tmp_path / shape))
+    classes = (
+        recipe.DataArguments,
+        recipe.TeacherArguments,
+        recipe.StudentArguments,
+        recipe.SearchArguments,
+        recipe.DistillationArguments,
+    )
+    *_, student_args, _, args = recipe.parse_recipe_args(classes, recipe.DEFAULTS, flags)
+    return student_args, args
+
+
+def test_the_narrow_two_head_student_learns_from_the_logits_alone(frontier, tmp_path):
+    student_args, args = parse(frontier, "2L-128H", tmp_path)
+    assert (student_args.student_num_layers, student_args.student_hidden_size) == (2, 128)
+    assert student_args.student_num_heads == 2
+    assert (args.hidden_weight, args.attention_weight) == (0.0, 0.0)
+    assert args.logit_weight > 0 and args.seed == 3
+
+
+def test_the_four_layer_students_keep_the_recipes_loss_set(frontier, tmp_path):
+    recipe = frontier.load_recipe()
+    for shape in ("4L-312H", "4L-192H"):
+        student_args, args = parse(frontier, shape, tmp_path)
+        assert student_args.student_num_layers == 4
+        assert args.hidden_weight == recipe.DEFAULTS["hidden_weight"] > 0
+        assert args.attention_weight == recipe.DEFAULTS["attention_weight"] > 0
+
+
+def write_run(path: Path, accuracy: float, hidden_weight: float, teacher_ms: float = 100.0) -> Path:
+    run = {
+        "teacher": {"accuracy": 0.8, "params": 33e6, "latency_ms_b1": teacher_ms, "throughput_b32": 10.0},
+        "student": {"accuracy": accuracy, "params": 4e6, "latency_ms_b1": 10.0, "throughput_b32": 200.0},
+        "distillation": {"hidden_weight": hidden_weight, "attention_weight": 0.0},
+    }
+    path.write_text(json.dumps(run))
+    return path
+
+
+def test_reuse_refuses_a_run_distilled_with_other_loss_weights(frontier, tmp_path):
+    path = write_run(tmp_path / "results.json", accuracy=0.49, hidden_weight=1.0)
+    with pytest.raises(ValueError, match=r"hidden_weight=1.0.*2L-128H uses hidden_weight=0.0"):
+        frontier.reusable_run(str(path), "2L-128H")
+    assert frontier.reusable_run(str(path), "4L-312H")["student"]["accuracy"] == 0.49
+
+
+def test_summary_gives_mean_and_std_over_seeds_and_the_verdict(frontier, tmp_path):
+    runs = [
+        frontier.reusable_run(str(write_run(tmp_path / f"{seed}.json", accuracy, 0.0, teacher_ms)), "2L-128H")
+        for seed, (accuracy, teacher_ms) in enumerate([(0.78, 100.0), (0.80, 60.0), (0.82, 80.0)])
+    ]
+    row = frontier.summarise(runs)
+    assert row["accuracy"] == pytest.approx((0.80, 0.02))
+    assert row["retention"] == pytest.approx((1.0, 0.025))
+    assert row["speedup_b1"] == pytest.approx(8.0)
+    assert row["speedup_b32"] == pytest.approx(20.0)
+    table = frontier.format_frontier({"2L-128H": row}, [0, 1, 2])
+    assert "80.00% ± 2.00%" in table
+    assert table.endswith("met by 2L-128H")
