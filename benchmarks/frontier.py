@@ -12,7 +12,7 @@ latency of the median-length test review, batch-32 throughput), and each speed-u
 that round's teacher / student ratio. Target: a student at least 5x faster (batch 1) with at least 97 % retention.
 
     python benchmarks/frontier.py [--seeds 1 2 3] [--students 4L-312H 4L-192H 2L-128H] [--epochs 5]
-        [--output_dir outputs/frontier] [--reuse] [--speed_rounds 5] [-- more recipe flags]
+        [--output_dir outputs/frontier] [--reuse] [--speed_rounds 15] [-- more recipe flags]
 """
 
 import argparse
@@ -116,8 +116,9 @@ def speedups(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     }
 
 
-def measure_speed(student_dirs: dict[str, str], num_rounds: int, max_length: int) -> dict[str, dict]:
-    """Speed-ups of the saved students over the teacher, measured in turns (see the module's docstring).
+def measure_speed(student_dirs: dict[str, str], num_rounds: int, max_length: int) -> list[dict[str, dict]]:
+    """Per round, the batch-1 latency and batch-32 throughput of the teacher and each saved student, measured in
+    turns (see the module's docstring).
 
     The teacher is the packaged MiniLM with a two-label head; the head's weights do not change its time.
     """
@@ -128,11 +129,10 @@ def measure_speed(student_dirs: dict[str, str], num_rounds: int, max_length: int
         {name: AutoModelForSequenceClassification.from_pretrained(path) for name, path in student_dirs.items()}
     )
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    rounds = [
+    return [
         {name: inference_cost(model, tokenizer, typical_text, texts, max_length) for name, model in models.items()}
         for _ in range(num_rounds)
     ]
-    return speedups(rounds)
 
 
 def format_frontier(summaries: dict[str, dict], seeds: list[int]) -> str:
@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="Take the results.json of runs already in output_dir, not rerun them."
     )
-    parser.add_argument("--speed_rounds", type=int, default=5, help="Turns of the teacher and students' timing.")
+    parser.add_argument("--speed_rounds", type=int, default=15, help="Turns of the teacher and students' timing.")
     options, extra_flags = parser.parse_known_args()
     recipe = load_recipe()
     max_length = recipe.DataArguments().max_seq_length
@@ -178,11 +178,17 @@ def main() -> None:
             flags = recipe_flags(name, seed, options.epochs, output_dir)
             runs[name].append(recipe.main(flags + [flag for flag in extra_flags if flag != "--"]))
     first_seed = {name: os.path.join(options.output_dir, name, f"seed{options.seeds[0]}") for name in runs}
-    speed = measure_speed(first_seed, options.speed_rounds, max_length)
+    speed_rounds = measure_speed(first_seed, options.speed_rounds, max_length)
+    speed = speedups(speed_rounds)
     summaries = {name: {**summarise(results), **speed[name]} for name, results in runs.items()}
     with open(os.path.join(options.output_dir, "frontier.json"), "w", encoding="utf-8") as file:
-        json.dump(summaries, file, indent=2)
+        json.dump({"students": summaries, "speed_rounds": speed_rounds}, file, indent=2)
     print(format_frontier(summaries, options.seeds))
+    latencies = {name: [costs[name]["latency_ms_b1"] for costs in speed_rounds] for name in speed_rounds[0]}
+    print(
+        "  batch-1 latency per round, ms: "
+        + "; ".join(f"{name} " + " ".join(f"{ms:.1f}" for ms in values) for name, values in latencies.items())
+    )
 
 
 if __name__ == "__main__":
