@@ -25,9 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nlpkd.assets import minilm_path
-from nlpkd.data import load_classification_data
-from nlpkd.report import inference_cost
+from nlpkd.report import inference_cost, median_length_text
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "text_classification.py"
 
@@ -116,19 +114,20 @@ def speedups(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     }
 
 
-def measure_speed(student_dirs: dict[str, str], num_rounds: int, max_length: int) -> list[dict[str, dict]]:
-    """Per round, the batch-1 latency and batch-32 throughput of the teacher and each saved student, measured in
-    turns (see the module's docstring).
+def measure_speed(
+    teacher_path: str, student_dirs: dict[str, str], texts: list[str], max_length: int, num_rounds: int
+) -> list[dict[str, dict]]:
+    """Per round, the batch-1 latency and batch-32 throughput of the teacher and each saved student on the test
+    `texts`, measured in turns (see the module's docstring).
 
-    The teacher is the packaged MiniLM with a two-label head; the head's weights do not change its time.
+    The teacher gets a fresh two-label head: the head's weights do not change its time.
     """
-    texts = load_classification_data()["test"]["text"]
-    typical_text = sorted(texts, key=len)[len(texts) // 2]
-    models = {"teacher": AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)}
+    typical_text = median_length_text(texts)
+    models = {"teacher": AutoModelForSequenceClassification.from_pretrained(teacher_path, num_labels=2)}
     models.update(
         {name: AutoModelForSequenceClassification.from_pretrained(path) for name, path in student_dirs.items()}
     )
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     return [
         {name: inference_cost(model, tokenizer, typical_text, texts, max_length) for name, model in models.items()}
         for _ in range(num_rounds)
@@ -165,8 +164,8 @@ def main() -> None:
     )
     parser.add_argument("--speed_rounds", type=int, default=15, help="Turns of the teacher and students' timing.")
     options, extra_flags = parser.parse_known_args()
+    extra_flags = [flag for flag in extra_flags if flag != "--"]
     recipe = load_recipe()
-    max_length = recipe.DataArguments().max_seq_length
     runs = {name: [] for name in options.students}
     for name in options.students:
         for seed in options.seeds:
@@ -175,10 +174,14 @@ def main() -> None:
             if options.reuse and os.path.isfile(done):  # a finished run of an interrupted benchmark
                 runs[name].append(reusable_run(done, name))
                 continue
-            flags = recipe_flags(name, seed, options.epochs, output_dir)
-            runs[name].append(recipe.main(flags + [flag for flag in extra_flags if flag != "--"]))
+            runs[name].append(recipe.main(recipe_flags(name, seed, options.epochs, output_dir) + extra_flags))
+    # The speed is taken on the runs' teacher, test texts and length limit, which the extra flags may change.
+    data_args, teacher_args, *_ = recipe.parse_args(extra_flags)
+    texts = recipe.load_data(data_args)["test"]["text"]
     first_seed = {name: os.path.join(options.output_dir, name, f"seed{options.seeds[0]}") for name in runs}
-    speed_rounds = measure_speed(first_seed, options.speed_rounds, max_length)
+    speed_rounds = measure_speed(
+        teacher_args.teacher_path, first_seed, texts, data_args.max_seq_length, options.speed_rounds
+    )
     speed = speedups(speed_rounds)
     summaries = {name: {**summarise(results), **speed[name]} for name, results in runs.items()}
     with open(os.path.join(options.output_dir, "frontier.json"), "w", encoding="utf-8") as file:

@@ -105,7 +105,7 @@ def evaluate_classifier(model: PreTrainedModel, tokenizer, tokenized_test, test_
     predictions = predict_labels(model, tokenized_test, tokenizer)
     references = np.array(tokenized_test["label"])
     quality = accuracy_and_f1(predictions, references)
-    typical_text = sorted(test_texts, key=len)[len(test_texts) // 2]
+    typical_text = report.median_length_text(test_texts)
     return {
         **quality,
         "accuracy_ci": report.accuracy_confidence_interval(quality["accuracy"], len(references)),

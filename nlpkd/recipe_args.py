@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .assets import minilm_path
 from .student import STUDENT_INITS
 
 
@@ -28,6 +29,11 @@ class TeacherArguments:
         default="outputs/teachers",
         metadata={"help": "Where fine-tuned teachers are kept, keyed by teacher, data and settings, for reuse."},
     )
+
+    @property
+    def teacher_path(self) -> str:
+        """The teacher to load: the given hub id or path, else the packaged MiniLM."""
+        return self.teacher_model_name_or_path or minilm_path()
 
 
 @dataclass

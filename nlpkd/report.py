@@ -71,6 +71,11 @@ def throughput(
     return batch_size * 1000 / measure_latency(model, tokenizer, texts, batch_size, max_length, warmup, repeats)
 
 
+def median_length_text(texts: list[str]) -> str:
+    """The text of median length (in characters): the input the batch-1 latencies are timed on."""
+    return sorted(texts, key=len)[len(texts) // 2]
+
+
 def inference_cost(model: torch.nn.Module, tokenizer, typical_text: str, texts: list[str], max_length: int) -> dict:
     """Parameters, weight megabytes, batch-1 latency on `typical_text` and batch-32 throughput over `texts`."""
     return {

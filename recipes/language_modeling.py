@@ -28,7 +28,6 @@ from transformers import (
 )
 
 from nlpkd import DistillationArguments, DistillationTrainer
-from nlpkd.assets import minilm_path
 from nlpkd.cli import parse_recipe_args, peek_argument
 from nlpkd.language_modeling import (
     LanguageModelingCollator,
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
     objective = data_args.objective
 
-    teacher_path = teacher_args.teacher_model_name_or_path or minilm_path()
+    teacher_path = teacher_args.teacher_path
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; blocks need no padding anyway
         tokenizer.pad_token = tokenizer.eos_token

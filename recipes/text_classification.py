@@ -20,10 +20,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
+from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
 from nlpkd import DistillationArguments
-from nlpkd.assets import minilm_path
 from nlpkd.classification import compute_accuracy_f1, evaluate_classifier, prepare_teacher, tokenize
 from nlpkd.cli import parse_recipe_args
 from nlpkd.data import load_classification_data
@@ -83,33 +83,44 @@ class DataArguments:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    data_args, teacher_args, student_args, search_args, args = parse_recipe_args(
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """(data, teacher, student, search, distillation) arguments from flags or one config file."""
+    return parse_recipe_args(
         (DataArguments, TeacherArguments, StudentArguments, SearchArguments, DistillationArguments), DEFAULTS, argv
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
 
-    # Under several processes the main one fills the datasets cache first; the others read it.
-    with args.main_process_first(desc="loading the data"):
-        data = load_classification_data(
-            dataset_name=data_args.dataset_name,
-            dataset_config_name=data_args.dataset_config_name,
-            train_file=data_args.train_file,
-            validation_file=data_args.validation_file,
-            test_file=data_args.test_file,
-            text_column=data_args.text_column,
-            label_column=data_args.label_column,
-            seed=data_args.split_seed,
-        )
+
+def load_data(data_args: DataArguments) -> DatasetDict:
+    """The train/validation/test splits `data_args` name, cut to its sample limits."""
+    data = load_classification_data(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        text_column=data_args.text_column,
+        label_column=data_args.label_column,
+        seed=data_args.split_seed,
+    )
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     limits["test"] = data_args.max_eval_samples
     for split, limit in limits.items():
         if limit is not None:
             data[split] = data[split].select(range(min(limit, len(data[split]))))
+    return data
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data_args, teacher_args, student_args, search_args, args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+
+    # Under several processes the main one fills the datasets cache first; the others read it.
+    with args.main_process_first(desc="loading the data"):
+        data = load_data(data_args)
     logger.info("Data: %s", {split: len(rows) for split, rows in data.items()})
 
-    teacher_path = teacher_args.teacher_model_name_or_path or minilm_path()
+    teacher_path = teacher_args.teacher_path
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     with args.main_process_first(desc="tokenizing"):
         tokenized = tokenize(data, tokenizer, data_args.max_seq_length)

@@ -22,7 +22,6 @@ import datasets
 from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, set_seed
 
 from nlpkd import Seq2SeqDistillationArguments, Seq2SeqDistillationTrainer
-from nlpkd.assets import minilm_path
 from nlpkd.cli import parse_recipe_args
 from nlpkd.hub import TARGET_TOKENIZER_DIR
 from nlpkd.pipeline import (
@@ -37,7 +36,7 @@ from nlpkd.pipeline import (
 )
 from nlpkd.pseudo_targets import teacher_translations
 from nlpkd.recipe_args import StudentArguments, TeacherArguments
-from nlpkd.report import count_parameters, generation_latency, model_size_mb
+from nlpkd.report import count_parameters, generation_latency, median_length_text, model_size_mb
 from nlpkd.translation import (
     Seq2SeqCollator,
     build_encoder_decoder,
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     generate_kwargs = dict(num_beams=args.generation_num_beams or 1, max_new_tokens=data_args.max_target_length)
     models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
     sources = [data_args.source_prefix + text for text in test["source"]]
-    typical = sorted(sources, key=len)[len(sources) // 2]
+    typical = median_length_text(sources)
     results = {}
     for name, model in models.items():
         if model is None:
@@ -300,7 +299,7 @@ def is_seq2seq(model_name_or_path: str) -> bool:
 def prepare_teacher(data_args, teacher_args, args, pairs):
     """The teacher and its (source, target) tokenizers: a seq2seq checkpoint as it is, or a new encoder-decoder
     around the checkpoint's encoder, trained once on the training pairs and cached."""
-    teacher_path = teacher_args.teacher_model_name_or_path or minilm_path()
+    teacher_path = teacher_args.teacher_path
     if is_seq2seq(teacher_path):
         from transformers import AutoModelForSeq2SeqLM
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from nlpkd.assets import minilm_path
+
 FRONTIER = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier.py"
 
 
@@ -18,16 +20,8 @@ def frontier():
 
 
 def parse(frontier, shape: str, tmp_path):
-    recipe = frontier.load_recipe()
     flags = frontier.recipe_flags(shape, seed=3, epochs=5, output_dir=str(tmp_path / shape))
-    classes = (
-        recipe.DataArguments,
-        recipe.TeacherArguments,
-        recipe.StudentArguments,
-        recipe.SearchArguments,
-        recipe.DistillationArguments,
-    )
-    *_, student_args, _, args = recipe.parse_recipe_args(classes, recipe.DEFAULTS, flags)
+    *_, student_args, _, args = frontier.load_recipe().parse_args(flags)
     return student_args, args
 
 
@@ -104,3 +98,11 @@ def test_the_table_names_the_shapes_that_meet_the_target(frontier):
     assert "78.00% ± 1.00%" in table and "10.00x" in table
     assert table.endswith("met by 2L-128H")
     assert frontier.format_frontier({"2L-128H": row(0.96, 10.0)}, [1]).endswith("not met")
+
+
+def test_the_speed_stage_reads_the_runs_teacher_and_length_limit_from_the_extra_flags(frontier, tmp_path):
+    parse_args = frontier.load_recipe().parse_args
+    data_args, teacher_args, *_ = parse_args([])
+    assert teacher_args.teacher_path == minilm_path()  # the packaged teacher by default
+    data_args, teacher_args, *_ = parse_args(["--teacher_model_name_or_path", str(tmp_path), "--max_seq_length", "64"])
+    assert (teacher_args.teacher_path, data_args.max_seq_length) == (str(tmp_path), 64)
