@@ -1,5 +1,8 @@
 """Training arguments for distillation: `TrainingArguments` plus what the teacher should teach."""
 
+import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -113,6 +116,7 @@ class DistillationArguments(TrainingArguments):
                 raise ValueError(f"{name} must be >= 0, got {value}; set it to 0 to switch that loss off.")
         if all(getattr(self, name) == 0 for name in LOSS_WEIGHTS):
             raise ValueError(f"All loss weights are 0 ({', '.join(LOSS_WEIGHTS)}); set at least one of them > 0.")
+        check_finite(self)
         if self.logit_loss not in LOGIT_LOSSES:
             raise ValueError(f"logit_loss must be one of {LOGIT_LOSSES}, got {self.logit_loss!r}.")
         if self.attention_loss not in ATTENTION_LOSSES:
@@ -146,6 +150,11 @@ class DistillationArguments(TrainingArguments):
 
     def _check_teacher_cache(self) -> None:
         cache = f"teacher_logits_cache_dir={self.teacher_logits_cache_dir!r}"
+        if os.path.exists(self.teacher_logits_cache_dir) and not os.path.isdir(self.teacher_logits_cache_dir):
+            raise ValueError(
+                f"{cache} is a file, but the teacher cache is a folder (one sub-folder per teacher and data). Pass "
+                "the path of a folder, new or existing, e.g. the file's name without its extension."
+            )
         layer_wise = {name: getattr(self, name) for name in ("hidden_weight", "attention_weight")}
         if any(value > 0 for value in layer_wise.values()):
             raise ValueError(
@@ -227,3 +236,11 @@ class Seq2SeqDistillationArguments(DistillationArguments, Seq2SeqTrainingArgumen
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}; set it to 0 to switch those terms off.")
+
+
+def check_finite(args) -> None:
+    """Refuse a float field that is inf or NaN: `temperature=inf` or `learning_rate=nan` would train to nothing."""
+    for name in (f.name for f in dataclasses.fields(args)):
+        value = getattr(args, name)
+        if type(value) is float and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}: give a finite value.")

@@ -141,3 +141,20 @@ def test_every_distillation_field_has_help():
 def test_every_distillation_field_is_documented_in_the_docstring():
     for name in DISTILLATION_FIELDS:
         assert f"{name} (`" in DistillationArguments.__doc__
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("temperature", float("inf")), ("logit_weight", float("inf")), ("learning_rate", float("nan"))],
+)
+def test_float_fields_must_be_finite(make_args, name, value):
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number, got {value}: give a finite value\."):
+        make_args(**{name: value})
+
+
+def test_teacher_cache_dir_that_is_a_file_is_refused(make_args, tmp_path):
+    a_file = tmp_path / "logits.bin"
+    a_file.write_bytes(b"not a folder")
+    with pytest.raises(ValueError, match=r"teacher_logits_cache_dir='.*logits\.bin' is a file, but the teacher"):
+        make_args(teacher_logits_cache_dir=str(a_file))
+    assert a_file.read_bytes() == b"not a folder"  # nothing lost
