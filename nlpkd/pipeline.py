@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from .assets import MINILM_HUB_ID
+from .checkpoints import last_complete_checkpoint
 from .model_card import reproduce_command
 from .recipe_args import StudentArguments, TeacherArguments
 from .report import format_results_table
@@ -107,9 +107,8 @@ def finetune_teacher_once(
         processing_class=tokenizer,
         data_collator=data_collator,
     )
-    # A run cut short (with save_strategy in training_changes) goes on from its last checkpoint.
-    run_dir = trainer.args.output_dir
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None)
+    # A run cut short (with save_strategy in training_changes) goes on from its last complete checkpoint.
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(trainer.args.output_dir))
     trainer.save_model(cache_dir)
     teacher.name_or_path = teacher.config.name_or_path = cache_dir  # as when a later run loads it from there
     return teacher.eval()

@@ -21,6 +21,7 @@ from transformers.utils import can_return_loss, find_labels
 from transformers.utils.hub import PushInProgress
 
 from .arguments import DistillationArguments
+from .checkpoints import check_checkpoint_projections, check_checkpoint_student, resolve_resume
 from .hub import hub_files, push_failed, upload_student
 from .losses import logit_kd_loss, sparse_logit_kd_loss
 from .model_card import distillation_setup, hardware, non_default_arguments, reproduce_command, write_model_card
@@ -326,9 +327,11 @@ class DistillationMixin:
             scales[name] = local[count] / window[count].clamp(min=1.0) * processes
         return scales
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        # Never a checkpoint a crash left half-written: True picks the last complete one (see `nlpkd.checkpoints`).
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self._window_counts = None  # a later compute_loss outside training uses its own batch's counts
 
@@ -491,10 +494,12 @@ class DistillationMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
+        check_checkpoint_student(resume_from_checkpoint, wrapper.student)
+        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
+        check_checkpoint_projections(path, wrapper.projections)
         super()._load_from_checkpoint(resume_from_checkpoint, model=wrapper.student)
         if wrapper.projections is None or not list(wrapper.projections.parameters()):
             return
-        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
         if not os.path.isfile(path):
             raise ValueError(
                 f"{resume_from_checkpoint} has no {PROJECTIONS_NAME}: it was not written by a DistillationTrainer "
