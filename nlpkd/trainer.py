@@ -83,7 +83,7 @@ class DistillationModel(nn.Module):
             return outputs
         projections, projected = iter(self.projections), {}
         for name in self.hidden_outputs:
-            projected[name] = tuple(next(projections)(hidden) for hidden in getattr(outputs, name))
+            projected[name] = tuple(_project(next(projections), hidden) for hidden in getattr(outputs, name))
         return outputs, projected
 
     def generate(self, *args, **kwargs):
@@ -102,6 +102,12 @@ class DistillationModel(nn.Module):
 
     def tie_weights(self) -> None:
         self.student.tie_weights()
+
+
+def _project(projection: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    # Projections are made in fp32 (they train from scratch); a bf16 or fp16 student's states meet them in their dtype.
+    weight = getattr(projection, "weight", None)
+    return projection(hidden if weight is None else hidden.to(weight.dtype))
 
 
 def _projections(student_width: int, teacher_width: int, count: int) -> nn.ModuleList:

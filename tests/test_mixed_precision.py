@@ -139,3 +139,25 @@ def test_short_bf16_run_on_cpu_trains(tmp_path):
 def test_fp16_on_cpu_fails_before_training_and_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"fp16=True needs a GPU.*use bf16=True"):
         _args(tmp_path, fp16=True)
+
+
+def test_a_bf16_student_trains_with_the_hidden_state_loss(tmp_path):
+    # Weights in bf16 (loaded with dtype=torch.bfloat16), no autocast: the fp32 projections meet bf16 hidden states.
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=2)).eval()
+    torch.manual_seed(1)
+    student = BertForSequenceClassification(
+        tiny_bert_config(hidden_size=16, intermediate_size=20, num_hidden_layers=2)
+    )
+    student.to(torch.bfloat16)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=_args(tmp_path, max_steps=2, per_device_train_batch_size=4, logging_steps=1, **ALL_LOSSES),
+        train_dataset=make_classification_dataset(num_rows=8),
+        data_collator=PadCollator(),
+    )
+    assert all(p.dtype == torch.float32 for p in trainer.model.projections.parameters())
+    trainer.train()
+    losses = [entry["hidden_loss"] for entry in trainer.state.log_history if "hidden_loss" in entry]
+    assert len(losses) == 2 and all(loss > 0 and torch.isfinite(torch.tensor(loss)) for loss in losses)
