@@ -19,6 +19,43 @@ def head_type(model: PreTrainedModel) -> str:
     return "LMHeadModel" if name.endswith("LMHeadModel") else "(no task head)"
 
 
+# Config fields that name token ids the tokenizer decides: equal vocab sizes can still hide different tokenizers.
+SPECIAL_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id")
+
+
+def check_same_tokenizer(teacher: PreTrainedModel, student: PreTrainedModel) -> None:
+    """Refuse a pair whose configs name different special-token ids; warn when only the model types differ.
+
+    Both models read the same input_ids, so a BERT teacher (pad 0) and a RoBERTa student (pad 1, bos 0, eos 2) with
+    vocabularies of the same size would distil without an error while every id means something else to each.
+    """
+    t_config, s_config = teacher.config, student.config
+    t_type, s_type = t_config.model_type, s_config.model_type
+    differing = [
+        f"{name} teacher {t_id} vs student {s_id}"
+        for name in SPECIAL_TOKEN_IDS
+        if (t_id := getattr(t_config, name, None)) is not None
+        and (s_id := getattr(s_config, name, None)) is not None
+        and t_id != s_id
+    ]
+    if differing:
+        raise ValueError(
+            f"The teacher ({t_type}) and the student ({s_type}) use different special tokens: {'; '.join(differing)}. "
+            "Both read the same input_ids, so they need the same tokenizer; build the student with "
+            "nlpkd.make_student(teacher), or load a student pre-trained with the teacher's tokenizer."
+        )
+    if t_type != s_type:
+        logger.warning(
+            "The teacher is a %s and the student a %s, with their own position schemes (max positions %s vs %s). Both "
+            "read the teacher's input_ids: make sure the student was pre-trained with the teacher's tokenizer (equal "
+            "vocabulary sizes and special-token ids do not prove it).",
+            t_type,
+            s_type,
+            getattr(t_config, "max_position_embeddings", None),
+            getattr(s_config, "max_position_embeddings", None),
+        )
+
+
 def _is_default_label_names(id2label: dict) -> bool:
     return all(str(label) == f"LABEL_{i}" for i, label in id2label.items())
 
@@ -49,6 +86,7 @@ def check_teacher_student(
             f"vocab_size differs: teacher {t_vocab} vs student {s_vocab}. Both read the same input_ids, so they "
             "need the same tokenizer; build the student with nlpkd.make_student(teacher) or the teacher's vocab."
         )
+    check_same_tokenizer(teacher, student)
     if head_type(teacher) == "ForSequenceClassification":
         if t_config.num_labels != s_config.num_labels:
             raise ValueError(
@@ -106,6 +144,7 @@ def check_seq2seq_pair(teacher: PreTrainedModel, student: PreTrainedModel, args)
                 "input_ids and labels, so they need the same tokenizers; build the student with "
                 "nlpkd.make_student(teacher)."
             )
+    check_same_tokenizer(teacher, student)
     maps = {}
     for stack in ("encoder", "decoder"):
         requested = getattr(args, f"{stack}_layer_map")

@@ -11,6 +11,11 @@ from transformers import (
     BertForMaskedLM,
     BertForSequenceClassification,
     BertForTokenClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    Trainer,
     TrainerCallback,
     TrainingArguments,
 )
@@ -277,6 +282,82 @@ def test_resume_without_projections_file_fails_clearly(tmp_path, teacher, studen
         resumed.train(resume_from_checkpoint=str(checkpoint))
 
 
+def test_resume_from_a_checkpoint_of_another_student_shape_fails_clearly(tmp_path, teacher, student):
+    trainer = make_trainer(tmp_path / "run", teacher, student, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    other_shape = make_trainer(tmp_path / "run", teacher, make_student(num_hidden_layers=3), max_steps=4)
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint-2' holds another student than this run's: num_hidden_layers 2 \(checkpoint\) vs 3 \(this "
+        r"run\)\. Resume with the student settings of the run that wrote it",
+    ):
+        other_shape.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_resume_with_other_projections_fails_clearly(tmp_path, teacher, student):
+    trainer = make_trainer(
+        tmp_path / "run", teacher, student, max_steps=2, save_strategy="steps", save_steps=2, hidden_weight=1.0
+    )
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    without_hidden_loss = make_trainer(tmp_path / "run", teacher, make_student(seed=3), max_steps=4)
+    with pytest.raises(
+        ValueError,
+        match=rf"{PROJECTIONS_NAME} holds hidden-state projections 3 × \[32\], 3 × \[32, 16\], but this run has none: "
+        "the checkpoint was trained with other loss settings",
+    ):
+        without_hidden_loss.train(resume_from_checkpoint=str(checkpoint))
+
+
+def _crash_while_saving_at(step: int, monkeypatch) -> None:
+    """Make the checkpoint of `step` fail after its weights are written, as a kill -9 mid-save would leave it."""
+    save_optimizer = Trainer._save_optimizer_and_scheduler
+
+    def crash(self, output_dir):
+        if self.state.global_step == step:
+            raise KeyboardInterrupt("killed while saving")
+        save_optimizer(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", crash)
+
+
+def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, teacher, monkeypatch, caplog):
+    run = tmp_path / "run"
+    crashed = make_trainer(run, teacher, make_student(), max_steps=6, save_strategy="steps", save_steps=2)
+    _crash_while_saving_at(4, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    monkeypatch.undo()
+    assert (run / "checkpoint-4" / "model.safetensors").is_file() and not (
+        run / "checkpoint-4" / "trainer_state.json"
+    ).exists()
+    assert (run / "checkpoint-2" / "trainer_state.json").is_file()  # the previous complete checkpoint is kept
+
+    resumed = make_trainer(run, teacher, make_student(seed=5), max_steps=6, save_strategy="steps", save_steps=2)
+    with caplog.at_level(logging.WARNING, logger="nlpkd.checkpoints"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "Skipping the incomplete checkpoint" in caplog.text and "checkpoint-4 (no trainer_state.json" in caplog.text
+    assert resumed.state.global_step == 6
+    assert [entry["step"] for entry in training_logs(resumed)] == list(range(1, 7))  # steps 1-2 from checkpoint-2
+
+
+def test_resume_from_an_incomplete_checkpoint_path_names_the_complete_one(tmp_path, teacher, monkeypatch):
+    run = tmp_path / "run"
+    crashed = make_trainer(run, teacher, make_student(), max_steps=6, save_strategy="steps", save_steps=2)
+    _crash_while_saving_at(4, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    monkeypatch.undo()
+    resumed = make_trainer(run, teacher, make_student(seed=5), max_steps=6)
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint-4' is incomplete \(no trainer_state\.json: the run stopped while writing it\): resume from "
+        r".*checkpoint-2, the last complete one\.",
+    ):
+        resumed.train(resume_from_checkpoint=str(run / "checkpoint-4"))
+
+
 def test_resume_without_trainable_projections_needs_no_projections_file(tmp_path, teacher, student):
     # Equal widths give identity projections: nothing to save, nothing to restore.
     equal_width = make_student(seed=1, hidden_size=32, intermediate_size=37)
@@ -400,6 +481,38 @@ def test_vocab_size_mismatch(tmp_path, teacher):
         ValueError, match=r"vocab_size differs: teacher 99 vs student 50\. Both read the same input_ids"
     ):
         make_trainer(tmp_path, teacher, make_student(vocab_size=50))
+
+
+def _same_shape() -> dict:
+    """The tiny student's shape and vocabulary size as keyword arguments for any BERT-like config class."""
+    config = tiny_bert_config(**STUDENT_SHAPE).to_dict()
+    names = ("vocab_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings", "id2label")
+    return {name: config[name] for name in (*names, *STUDENT_SHAPE)}
+
+
+def test_a_student_with_other_special_tokens_is_refused(tmp_path, teacher):
+    # A RoBERTa-shaped student with the BERT teacher's vocabulary size: pad 1, bos 0, eos 2 against BERT's pad 0.
+    student = RobertaForSequenceClassification(
+        RobertaConfig(**_same_shape(), pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    )
+    assert student.config.vocab_size == teacher.config.vocab_size
+    with pytest.raises(
+        ValueError,
+        match=r"The teacher \(bert\) and the student \(roberta\) use different special tokens: pad_token_id teacher 0 "
+        r"vs student 1\. Both read the same input_ids",
+    ):
+        make_trainer(tmp_path, teacher, student)
+
+
+def test_a_student_of_another_model_type_is_warned_about(tmp_path, teacher, caplog):
+    student = ElectraForSequenceClassification(ElectraConfig(**_same_shape()))
+    with caplog.at_level(logging.WARNING, logger="nlpkd.preflight"):
+        make_trainer(tmp_path, teacher, student)
+    assert "The teacher is a bert and the student a electra" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nlpkd.preflight"):
+        make_trainer(tmp_path, teacher, make_student())
+    assert "The teacher is a" not in caplog.text
 
 
 def test_num_labels_mismatch(tmp_path, teacher):
