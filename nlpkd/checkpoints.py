@@ -58,10 +58,11 @@ def last_complete_checkpoint(folder: str) -> str | None:
 
 def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
     """The checkpoint `Trainer.train(resume_from_checkpoint=...)` should load: True means the last complete one in
-    `output_dir`; a given path must be complete. Raises ValueError naming the folder and what to do otherwise."""
+    `output_dir` (so does "true", as a command line gives it); a given path must be complete. Raises ValueError
+    naming the folder and what to do otherwise."""
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return None
-    if resume_from_checkpoint is True:
+    if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":  # "true" from a command line
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is None:
             raise ValueError(

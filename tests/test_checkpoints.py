@@ -55,6 +55,7 @@ def test_resume_true_without_a_complete_checkpoint_says_so(tmp_path):
     assert resolve_resume(None, str(tmp_path)) is None and resolve_resume(False, str(tmp_path)) is None
     complete = _checkpoint(tmp_path, 1)
     assert resolve_resume(str(complete), str(tmp_path)) == str(complete)
+    assert resolve_resume("true", str(tmp_path)) == resolve_resume(True, str(tmp_path)) == str(complete)
 
 
 def test_the_teacher_stage_resumes_from_the_last_complete_checkpoint(tmp_path, monkeypatch):
