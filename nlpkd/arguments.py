@@ -117,6 +117,7 @@ class DistillationArguments(TrainingArguments):
         if all(getattr(self, name) == 0 for name in LOSS_WEIGHTS):
             raise ValueError(f"All loss weights are 0 ({', '.join(LOSS_WEIGHTS)}); set at least one of them > 0.")
         check_finite(self)
+        self._check_training_basics()
         if self.logit_loss not in LOGIT_LOSSES:
             raise ValueError(f"logit_loss must be one of {LOGIT_LOSSES}, got {self.logit_loss!r}.")
         if self.attention_loss not in ATTENTION_LOSSES:
@@ -147,6 +148,16 @@ class DistillationArguments(TrainingArguments):
             )
         if self.teacher_logits_cache_dir is not None:
             self._check_teacher_cache()
+
+    def _check_training_basics(self) -> None:
+        # The Trainer takes these as they are and fails later, deep in torch or after a teacher stage has run.
+        if os.path.isfile(self.output_dir):
+            raise ValueError(f"output_dir={self.output_dir!r} is a file: give a folder (new or existing).")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}.")
 
     def _check_teacher_cache(self) -> None:
         cache = f"teacher_logits_cache_dir={self.teacher_logits_cache_dir!r}"

@@ -1,5 +1,6 @@
 """Argument groups the recipes share: which teacher, which student, and the recipe's stages."""
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,6 +30,9 @@ class TeacherArguments:
         default="outputs/teachers",
         metadata={"help": "Where fine-tuned teachers are kept, keyed by teacher, data and settings, for reuse."},
     )
+
+    def __post_init__(self):
+        check_model_path("teacher_model_name_or_path", self.teacher_model_name_or_path)
 
     @property
     def teacher_path(self) -> str:
@@ -63,3 +67,23 @@ class StudentArguments:
     no_baseline: bool = field(
         default=False, metadata={"help": "Skip training the same student without distillation (the baseline)."}
     )
+
+    def __post_init__(self):
+        check_model_path("student_model_name_or_path", self.student_model_name_or_path)
+        for name in ("student_num_layers", "student_hidden_size", "student_num_heads", "student_intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.student_decoder_layers is not None and self.student_decoder_layers < 1:
+            raise ValueError(f"student_decoder_layers must be >= 1 (or unset), got {self.student_decoder_layers}.")
+
+
+def check_model_path(field_name: str, path: str | None) -> None:
+    """Refuse a local-looking model path that does not exist (a Hub id is `name` or `org/name`), before any stage
+    runs: transformers would otherwise report it as a malformed Hub repo id."""
+    if path is None or os.path.isdir(path):
+        return
+    if path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise ValueError(
+            f"{field_name}={path!r} is not a folder: give the folder of a saved model (with its config.json) or a "
+            "Hub id such as 'org/name'."
+        )

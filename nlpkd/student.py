@@ -32,6 +32,11 @@ def make_student(
     """
     if init not in STUDENT_INITS:
         raise ValueError(f"init must be one of {STUDENT_INITS}, got {init!r}.")
+    sizes = dict(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size, intermediate_size=intermediate_size)
+    sizes.update(num_attention_heads=num_attention_heads, num_decoder_layers=num_decoder_layers)
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
     if hidden_size % num_attention_heads:
         raise ValueError(
             f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})."

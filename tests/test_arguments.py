@@ -7,6 +7,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from nlpkd import DistillationArguments
 from nlpkd.arguments import LOSS_WEIGHTS
+from nlpkd.recipe_args import StudentArguments, TeacherArguments
 
 DISTILLATION_FIELDS = (
     "temperature",
@@ -158,3 +159,34 @@ def test_teacher_cache_dir_that_is_a_file_is_refused(make_args, tmp_path):
     with pytest.raises(ValueError, match=r"teacher_logits_cache_dir='.*logits\.bin' is a file, but the teacher"):
         make_args(teacher_logits_cache_dir=str(a_file))
     assert a_file.read_bytes() == b"not a folder"  # nothing lost
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("per_device_train_batch_size", 0, r"per_device_train_batch_size must be >= 1, got 0\."),
+        ("gradient_accumulation_steps", 0, r"gradient_accumulation_steps must be >= 1, got 0\."),
+        ("learning_rate", -1.0, r"learning_rate must be >= 0, got -1\.0\."),
+    ],
+)
+def test_training_basics_fail_before_training(make_args, name, value, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(**{name: value})
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("kept")
+    with pytest.raises(ValueError, match=r"output_dir='.*results\.txt' is a file: give a folder"):
+        DistillationArguments(output_dir=str(a_file), report_to="none", use_cpu=True)
+    assert a_file.read_text() == "kept"
+
+
+def test_recipe_model_arguments_fail_early():
+    with pytest.raises(ValueError, match=r"teacher_model_name_or_path='/nonexistent/teacher' is not a folder: give "):
+        TeacherArguments(teacher_model_name_or_path="/nonexistent/teacher")
+    with pytest.raises(ValueError, match=r"student_model_name_or_path='\./no/such/student' is not a folder"):
+        StudentArguments(student_model_name_or_path="./no/such/student")
+    with pytest.raises(ValueError, match=r"student_num_layers must be >= 1, got 0\."):
+        StudentArguments(student_num_layers=0)
+    assert TeacherArguments(teacher_model_name_or_path="org/name").teacher_path == "org/name"  # a Hub id passes

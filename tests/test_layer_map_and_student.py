@@ -178,3 +178,10 @@ def test_make_student_rejects_unknown_init(teacher):
 def test_make_student_rejects_width_not_divisible_by_heads(teacher):
     with pytest.raises(ValueError, match=r"hidden_size \(30\) must be a multiple of num_attention_heads \(4\)"):
         make_student(teacher, hidden_size=30, num_attention_heads=4)
+
+
+@pytest.mark.parametrize("name", ["num_hidden_layers", "num_attention_heads", "num_decoder_layers"])
+def test_make_student_rejects_a_shape_below_one(teacher, name):
+    # num_hidden_layers=0 failed inside the layer copy with "zip() argument 2 is longer than argument 1".
+    with pytest.raises(ValueError, match=rf"{name} must be >= 1, got 0\."):
+        make_student(teacher, **{name: 0})
