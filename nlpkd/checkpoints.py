@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections import Counter
+from collections.abc import Callable
 
 from safetensors import safe_open
 from torch import nn
@@ -78,6 +80,19 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -
         )
         raise ValueError(f"resume_from_checkpoint={checkpoint!r} is incomplete ({reason}): {instead}.")
     return checkpoint
+
+
+def save_whole(save: Callable[[str], None], folder: str, marker: str = "config.json") -> None:
+    """`save(staging)` into a sibling staging folder, then move its files into `folder` with `marker` last: `folder`
+    shows `marker` (what loaders look for) only once every other file is in place, so a kill -9 mid-save is never
+    taken for a saved model."""
+    staging = folder.rstrip("/") + ".saving"
+    shutil.rmtree(staging, ignore_errors=True)  # what a cut save left
+    save(staging)
+    os.makedirs(folder, exist_ok=True)
+    for name in sorted(os.listdir(staging), key=lambda name: name == marker):
+        os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    os.rmdir(staging)
 
 
 def check_checkpoint_student(checkpoint: str, student: PreTrainedModel) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 
 from .assets import MINILM_HUB_ID
-from .checkpoints import last_complete_checkpoint
+from .checkpoints import last_complete_checkpoint, save_whole
 from .model_card import reproduce_command
 from .recipe_args import StudentArguments, TeacherArguments
 from .report import format_results_table
@@ -109,7 +109,7 @@ def finetune_teacher_once(
     )
     # A run cut short (with save_strategy in training_changes) goes on from its last complete checkpoint.
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(trainer.args.output_dir))
-    trainer.save_model(cache_dir)
+    save_whole(trainer.save_model, cache_dir)  # config.json, what the check above looks for, comes last
     teacher.name_or_path = teacher.config.name_or_path = cache_dir  # as when a later run loads it from there
     return teacher.eval()
 

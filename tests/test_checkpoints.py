@@ -9,7 +9,7 @@ import torch
 from conftest import PadCollator, make_classification_dataset, tiny_bert_config
 from transformers import BertForSequenceClassification, Trainer, TrainingArguments
 
-from nlpkd.checkpoints import incomplete_reason, last_complete_checkpoint, resolve_resume
+from nlpkd.checkpoints import incomplete_reason, last_complete_checkpoint, resolve_resume, save_whole
 from nlpkd.pipeline import finetune_teacher_once
 from nlpkd.recipe_args import TeacherArguments
 
@@ -103,3 +103,23 @@ def test_the_teacher_stage_resumes_from_the_last_complete_checkpoint(tmp_path, m
     assert resumed_from == [str(run / "checkpoint-2")]
     assert json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
     assert teacher.name_or_path == str(run.parent)
+
+
+def test_a_save_cut_short_leaves_no_config_json(tmp_path):
+    """A kept teacher is recognised by its config.json: a save killed after writing it (save_pretrained writes it
+    first) would leave a folder that looks complete but has no weights."""
+    folder = tmp_path / "teacher"
+
+    def save_and_die(staging):
+        BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1)).config.save_pretrained(staging)
+        raise KeyboardInterrupt("killed before the weights were written")
+
+    with pytest.raises(KeyboardInterrupt):
+        save_whole(save_and_die, str(folder))
+    assert not (folder / "config.json").exists()
+
+    model = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1))
+    save_whole(model.save_pretrained, str(folder))  # the next run saves over what the cut one left
+    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert not (tmp_path / "teacher.saving").exists()
+    BertForSequenceClassification.from_pretrained(folder)
