@@ -1,12 +1,17 @@
 """Text-classification data for the recipes: hub datasets or local files, as `text` + `label` train/validation/test."""
 
 import csv
+import logging
+from collections import Counter
 from pathlib import Path
 
 import datasets
 import pandas as pd
 
+logger = logging.getLogger(__name__)
+
 SPLITS = ("train", "validation", "test")
+HELD_OUT_SPLITS = ("validation", "test")
 FILE_FORMATS = (".csv", ".tsv", ".json", ".jsonl")
 
 
@@ -28,6 +33,10 @@ def load_classification_data(
     80/10/10; without a test split the validation split is halved into validation and test; without a validation
     split 10 % of train becomes validation. A validation or test split whose labels are all -1 (unlabelled, as in
     GLUE's test sets) counts as missing.
+
+    Refused with a ValueError: an empty or whitespace-only text (as a missing one), an empty split, a split with a
+    single class, and a validation or test row whose class has no training row (no model can learn it, and it would
+    count as an error in the accuracy). What a run may mean but should hear about is `split_checks`'s job.
 
     Labels: a ClassLabel keeps its ids and names; non-negative integers are kept as ids (names "0", "1", ...); other
     labels (strings, or integers such as -1/1) become ids in sorted order, named by their value.
@@ -120,9 +129,10 @@ def read_table(path: Path, source: str) -> pd.DataFrame:
             quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
             table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", quoting=quoting, keep_default_na=False)
         else:
-            with path.open(encoding="utf-8") as file:
+            # utf-8-sig: a byte-order mark (as Windows editors write) is read past, as the CSV reader does.
+            with path.open(encoding="utf-8-sig") as file:
                 is_array = file.read(1024).lstrip().startswith("[")
-            table = pd.read_json(path, lines=suffix == ".jsonl" or not is_array, dtype=False)
+            table = pd.read_json(path, lines=suffix == ".jsonl" or not is_array, dtype=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError as error:
         raise ValueError(f"{source} is empty.") from error
     except ValueError as error:
@@ -136,16 +146,18 @@ def _check_columns(columns: list[str], text_column: str, label_column: str, sour
     for field, column in (("text_column", text_column), ("label_column", label_column)):
         if column not in columns:
             raise ValueError(
-                f"{field}={column!r} is not a column of {source} (columns: {', '.join(map(str, columns))}): "
+                f"{field}={column!r} is not a column of {source} (columns: {', '.join(map(repr, columns))}): "
                 f"pass --{field} with one of them."
             )
 
 
 def _texts(values: list, text_column: str, source: str) -> list[str]:
     for row, value in enumerate(values, start=1):
-        if not isinstance(value, str):
+        # An empty CSV/TSV cell reads as '', a JSON null as None: both are refused alike.
+        if not isinstance(value, str) or not value.strip():
             raise ValueError(
-                f"text_column={text_column!r} of {source} must hold text, but data row {row} holds {value!r}."
+                f"text_column={text_column!r} of {source} must hold text, but data row {row} holds {value!r}: "
+                "fill in that row's text or drop the row."
             )
     return values
 
@@ -205,3 +217,73 @@ def _check_splits(data: datasets.DatasetDict) -> None:
                 f"The {split} split has a single class ({', '.join(names) or 'no labels'}): a classifier needs at "
                 "least two; check --label_column or give more varied data."
             )
+    for split in HELD_OUT_SPLITS:
+        if unseen := _classes_unseen_in_train(data, split):
+            raise ValueError(
+                f"The {split} split has {_count_rows(unseen)} of classes the train split has no row of: "
+                f"{_name_counts(unseen)}. No model can learn them, and they would count as errors in the {split} "
+                f"accuracy: drop those rows from the {split} data, or add training examples of them."
+            )
+
+
+def split_checks(data: datasets.DatasetDict) -> dict:
+    """What a run should know about its validation and test splits next to train, each finding logged as a warning.
+
+    Returns `{"duplicates": {split: rows}, "classes_absent": {split: [class, ...]}, "classes_unseen_in_train":
+    {split: {class: rows}}, "warnings": [...]}`, for results.json:
+    - duplicates: rows whose text (whitespace stripped) is also a training text: on them a score measures memory;
+    - classes_absent: training classes with no row in the split: its score says nothing about them;
+    - classes_unseen_in_train: rows of classes with no training row (`load_classification_data` refuses them; a
+      training set cut afterwards, as by --max_train_samples, may still lose a class's last rows).
+    """
+    train_texts = {text.strip() for text in data["train"]["text"]}
+    train_classes = set(data["train"]["label"]) - {-1}
+    names = data["train"].features["label"].int2str
+    checks = {"duplicates": {}, "classes_absent": {}, "classes_unseen_in_train": {}, "warnings": []}
+    for split in HELD_OUT_SPLITS:
+        if split not in data:
+            continue
+        rows = data[split].num_rows
+        duplicates = sum(text.strip() in train_texts for text in data[split]["text"])
+        checks["duplicates"][split] = duplicates
+        if duplicates:
+            checks["warnings"].append(
+                f"Rows whose text is also in the train split (whitespace stripped): {duplicates} of the {rows} "
+                f"{split} rows. On them the {split} score measures memory, not generalisation: drop them from the "
+                f"{split} data (or from train) for a clean score."
+            )
+        absent = sorted(names(label) for label in train_classes - set(data[split]["label"]))
+        checks["classes_absent"][split] = absent
+        if absent:
+            checks["warnings"].append(
+                f"The {split} split has no row of the training class(es) {', '.join(map(repr, absent))}: its score "
+                f"says nothing about them. Add {split} examples of them for a score that does."
+            )
+        unseen = _classes_unseen_in_train(data, split)
+        checks["classes_unseen_in_train"][split] = unseen
+        if unseen:
+            checks["warnings"].append(
+                f"The {split} split has {_count_rows(unseen)} of classes the train split has no row of: "
+                f"{_name_counts(unseen)}. No model can learn them, and they count as errors in the {split} score: "
+                "keep training rows of them (e.g. a larger --max_train_samples), or drop those rows."
+            )
+    for warning in checks["warnings"]:
+        logger.warning(warning)
+    return checks
+
+
+def _classes_unseen_in_train(data: datasets.DatasetDict, split: str) -> dict[str, int]:
+    """{class name: rows} of the `split` rows whose class has no row in train (unlabelled -1 rows aside)."""
+    train_classes = set(data["train"]["label"])
+    counts = Counter(label for label in data[split]["label"] if label != -1 and label not in train_classes)
+    names = data[split].features["label"].int2str
+    return {names(label): count for label, count in sorted(counts.items())}
+
+
+def _count_rows(counts: dict[str, int]) -> str:
+    rows = sum(counts.values())
+    return f"{rows} row{'s' if rows != 1 else ''}"
+
+
+def _name_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name!r} ({_count_rows({name: count})})" for name, count in counts.items())
