@@ -4,6 +4,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from transformers import AutoConfig, PretrainedConfig
+
 from .assets import minilm_path
 from .student import STUDENT_INITS
 
@@ -86,4 +88,38 @@ def check_model_path(field_name: str, path: str | None) -> None:
         raise ValueError(
             f"{field_name}={path!r} is not a folder: give the folder of a saved model (with its config.json) or a "
             "Hub id such as 'org/name'."
+        )
+
+
+def position_limit(config: PretrainedConfig) -> int | None:
+    """The most tokens a model has position embeddings for (the smaller of an encoder-decoder's two), or None for a
+    model with relative positions (T5), which has no such limit."""
+    limits = [
+        limit
+        for part in (config, getattr(config, "encoder", None), getattr(config, "decoder", None))
+        if isinstance(limit := getattr(part, "max_position_embeddings", None), int) and limit > 0  # XLNet says -1
+    ]
+    return min(limits, default=None)
+
+
+def check_length_limit(
+    field: str, length: int, teacher_args: TeacherArguments, student_args: StudentArguments
+) -> None:
+    """Refuse a recipe's length argument `field` (e.g. max_seq_length) whose value `length` exceeds the position limit
+    of the teacher or of a student loaded from `student_model_name_or_path` (a student made from the teacher copies
+    its limit): both read the same inputs, and the embedding lookup would fail deep inside training. Reads the
+    configs alone, so a recipe calls it before any data or training."""
+    paths = {"teacher": teacher_args.teacher_path, "student": student_args.student_model_name_or_path}
+    limits = {
+        name: limit
+        for name, path in paths.items()
+        if path is not None and (limit := position_limit(AutoConfig.from_pretrained(path))) is not None
+    }
+    if not limits:
+        return
+    name, limit = min(limits.items(), key=lambda item: item[1])
+    if length > limit:
+        raise ValueError(
+            f"{field}={length} exceeds the {name}'s max_position_embeddings={limit}, the most tokens it can read: "
+            f"pass --{field} {limit} or less."
         )
