@@ -47,7 +47,7 @@ from nlpkd.pipeline import (
     publish_student,
     report_results,
 )
-from nlpkd.recipe_args import StudentArguments, TeacherArguments
+from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit
 from nlpkd.report import inference_cost
 
 logger = logging.getLogger(__name__)
@@ -137,18 +137,13 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, teacher_args, student_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
+    check_length_limit("block_size", data_args.block_size, teacher_args, student_args)
     objective = data_args.objective
 
     teacher_path = teacher_args.teacher_path
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; blocks need no padding anyway
         tokenizer.pad_token = tokenizer.eos_token
-    max_positions = getattr(AutoConfig.from_pretrained(teacher_path), "max_position_embeddings", None)
-    if max_positions is not None and data_args.block_size > max_positions:
-        raise ValueError(
-            f"block_size={data_args.block_size} exceeds the teacher's max_position_embeddings={max_positions}; "
-            f"pass --block_size {max_positions} or less."
-        )
     # Under several processes the main one fills the datasets cache first; the others read it.
     with args.main_process_first(desc="loading and tokenizing the corpus"):
         corpus = load_text_corpus(

@@ -26,7 +26,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from nlpkd import DistillationArguments
 from nlpkd.classification import compute_accuracy_f1, evaluate_classifier, prepare_teacher, tokenize
 from nlpkd.cli import parse_recipe_args
-from nlpkd.data import load_classification_data
+from nlpkd.data import load_classification_data, split_checks
 from nlpkd.pipeline import (
     build_student,
     dataset_card,
@@ -35,7 +35,7 @@ from nlpkd.pipeline import (
     publish_student,
     report_results,
 )
-from nlpkd.recipe_args import StudentArguments, TeacherArguments
+from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit
 from nlpkd.search import SearchArguments, search_distillation
 
 logger = logging.getLogger(__name__)
@@ -114,11 +114,13 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, teacher_args, student_args, search_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
+    check_length_limit("max_seq_length", data_args.max_seq_length, teacher_args, student_args)
 
     # Under several processes the main one fills the datasets cache first; the others read it.
     with args.main_process_first(desc="loading the data"):
         data = load_data(data_args)
     logger.info("Data: %s", {split: len(rows) for split, rows in data.items()})
+    data_checks = split_checks(data)  # duplicates across splits, classes a split lacks: warned, kept for results
 
     teacher_path = teacher_args.teacher_path
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
     results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
     results["distillation"] = distillation_settings(args, trainer.layer_map)
+    results["data_checks"] = data_checks
     if search is not None:
         results["search"] = search
     report_results(results, models, args.output_dir)

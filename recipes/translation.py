@@ -35,7 +35,7 @@ from nlpkd.pipeline import (
     report_results,
 )
 from nlpkd.pseudo_targets import teacher_translations
-from nlpkd.recipe_args import StudentArguments, TeacherArguments
+from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit
 from nlpkd.report import count_parameters, generation_latency, median_length_text, model_size_mb
 from nlpkd.translation import (
     Seq2SeqCollator,
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, teacher_args, student_args, args = parse_recipe_args(types, DEFAULTS, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
+    for length_field in ("max_source_length", "max_target_length"):  # the encoders read one, the decoders the other
+        check_length_limit(length_field, getattr(data_args, length_field), teacher_args, student_args)
     # Under several processes the main one fills the datasets cache first; the others read it.
     with args.main_process_first(desc="loading the pairs"):
         pairs = load_pairs(data_args)

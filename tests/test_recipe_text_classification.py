@@ -56,6 +56,7 @@ def recipe_flags(teacher_dir: str, train_file: str, tmp_path, *extra: str) -> li
         "--train_file", train_file,
         "--text_column", "review",
         "--label_column", "sentiment",
+        "--max_seq_length", "64",  # the tiny teacher's max_position_embeddings (the default 128 is refused)
         "--teacher_cache_dir", str(tmp_path / "teachers"),
         "--output_dir", str(tmp_path / "out"),
         "--max_steps", "3",
@@ -161,3 +162,25 @@ def test_text_classification_recipe_distils_from_the_cache(tiny_teacher_dir, rev
     (folder,) = (tmp_path / "logits").iterdir()
     metadata = json.loads((folder / "teacher_cache.json").read_text())
     assert metadata["stored_top_k"] == metadata["num_classes"] == 2  # k above the class count keeps every logit
+
+
+def test_recipe_refuses_a_max_seq_length_above_the_teachers_positions_before_training(
+    tiny_teacher_dir, reviews_csv, tmp_path
+):
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--max_seq_length", "65")  # the teacher has 64
+    with pytest.raises(ValueError, match=r"max_seq_length=65 exceeds the teacher's max_position_embeddings=64, .*: "):
+        load_recipe().main(flags)
+    assert not (tmp_path / "teachers").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_results_record_the_data_checks(tiny_teacher_dir, reviews_csv, tmp_path):
+    from nlpkd.data import split_checks
+
+    recipe = load_recipe()
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true")
+    results = recipe.main(flags)
+    expected = split_checks(recipe.load_data(recipe.parse_args(flags)[0]))
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["data_checks"] == expected
+    assert expected["duplicates"]["test"] > 0  # 60 rows of 8 distinct texts: the test split repeats training texts
+    assert results["data_checks"] == expected

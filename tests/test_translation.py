@@ -829,3 +829,14 @@ def test_recipe_rejects_a_pair_file_without_the_target_column_before_training(ma
             load_recipe().main(recipe_flags(teacher, path, tmp_path))
     for folder in ("teachers", "tokenizers", "pseudo_targets", "out"):
         assert not (tmp_path / folder).exists(), folder
+
+
+@pytest.mark.parametrize("length_field", ["max_source_length", "max_target_length"])
+def test_recipe_refuses_a_length_above_the_teachers_positions_before_training(
+    bert_dir, pairs_tsv, tmp_path, length_field
+):
+    flags = recipe_flags(bert_dir, pairs_tsv, tmp_path, f"--{length_field}", "65")  # the new decoder copies 64 too
+    with pytest.raises(ValueError, match=rf"{length_field}=65 exceeds the teacher's max_position_embeddings=64"):
+        load_recipe().main(flags)
+    for folder in ("teachers", "tokenizers", "pseudo_targets", "out"):
+        assert not (tmp_path / folder).exists(), folder
