@@ -56,6 +56,31 @@ def check_same_tokenizer(teacher: PreTrainedModel, student: PreTrainedModel) -> 
         )
 
 
+def check_tokenizer_fits(tokenizer, teacher: PreTrainedModel) -> None:
+    """Refuse a tokenizer (the trainer's `processing_class`) with more token ids than the teacher has embeddings for:
+    the first text with such an id would fail deep inside the embedding lookup ("index out of range in self")."""
+    if tokenizer is None or not hasattr(tokenizer, "convert_tokens_to_ids"):
+        return
+    rows = teacher.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"The tokenizer (processing_class) has {len(tokenizer)} tokens, but the teacher's input embeddings have "
+            f"{rows} rows: its ids {rows} and up cannot be read. Pass the teacher's own tokenizer "
+            "(AutoTokenizer.from_pretrained of the teacher's path)."
+        )
+
+
+def check_encoder_decoder(teacher: PreTrainedModel, student: PreTrainedModel, expected: bool) -> None:
+    """Refuse a pair this trainer cannot distil: encoder-decoders go to the seq2seq trainer, others to the plain."""
+    for role, model in (("teacher", teacher), ("student", student)):
+        if bool(getattr(model.config, "is_encoder_decoder", False)) != expected:
+            trainer = "DistillationTrainer" if expected else "Seq2SeqDistillationTrainer"
+            kind = "is not an encoder-decoder" if expected else "is an encoder-decoder"
+            raise ValueError(
+                f"The {role} {type(model).__name__} {kind}: distil it with nlpkd.{trainer} (and its arguments class)."
+            )
+
+
 def _is_default_label_names(id2label: dict) -> bool:
     return all(str(label) == f"LABEL_{i}" for i, label in id2label.items())
 
@@ -64,6 +89,7 @@ def check_teacher_student(
     teacher: PreTrainedModel, student: PreTrainedModel, args: DistillationArguments
 ) -> list[int]:
     """Validate the pair against `args`; return the resolved layer map (student layer m -> teacher layer)."""
+    check_encoder_decoder(teacher, student, expected=False)
     t_config, s_config = teacher.config, student.config
     if is_bare_model(student):
         for name in ("hard_label_weight", "logit_weight"):
@@ -126,6 +152,7 @@ def check_seq2seq_pair(teacher: PreTrainedModel, student: PreTrainedModel, args)
     """Validate an encoder-decoder pair against `args`; return the resolved `encoder` and `decoder` layer maps."""
     from .terms import num_stack_layers, stack_heads
 
+    check_encoder_decoder(teacher, student, expected=True)
     if args.logit_weight > 0 and type(teacher).__name__ != type(student).__name__:
         logger.warning(
             "Teacher %s and student %s are different classes; word-level KD compares their target vocabularies "

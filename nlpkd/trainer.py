@@ -26,7 +26,7 @@ from .hub import hub_files, push_failed, upload_student
 from .losses import logit_kd_loss, sparse_logit_kd_loss
 from .model_card import distillation_setup, hardware, non_default_arguments, reproduce_command, write_model_card
 from .positions import COUNT_OF_LOSS, IGNORE_INDEX, MASKED_LM_CLASSES, batch_counts, logit_level, logit_mask
-from .preflight import check_teacher_student
+from .preflight import check_teacher_student, check_tokenizer_fits
 from .teacher_cache import CACHE_ROW, CacheRowCollator, TeacherCache, load_or_build_teacher_cache
 from .terms import AttentionTerm, HiddenTerm, single_stack_terms
 
@@ -138,6 +138,12 @@ class DistillationMixin:
             )
         if model is not None and model_init is not None:
             raise ValueError(f"{type(self).__name__} takes `model` or `model_init`, not both.")
+        for name, value in (("model", model), ("teacher_model", teacher_model)):
+            if value is not None and not isinstance(value, nn.Module):
+                raise TypeError(
+                    f"{name} must be a loaded model, got {type(value).__name__} {value!r}: load it first, e.g. "
+                    f"AutoModelForSequenceClassification.from_pretrained({value!r})."
+                )
         if not isinstance(args, DistillationArguments):
             raise TypeError(f"args must be a DistillationArguments, got {type(args).__name__}.")
         self.teacher, self.teacher_cache = None, None
@@ -150,6 +156,7 @@ class DistillationMixin:
         self._hub_repo_deferred = True  # see init_hf_repo
         super().__init__(model=self._distillation_model(model, args), args=args, **kwargs)
         self._hub_repo_deferred = False
+        check_tokenizer_fits(self.processing_class, teacher_model)
         if model_init is not None and (self.optimizer is not None or self.lr_scheduler is not None):
             raise ValueError("`model_init` makes a new student per run: it cannot take fixed `optimizers`.")
         self.model_init = model_init

@@ -11,8 +11,11 @@ from transformers import (
     BertForMaskedLM,
     BertForSequenceClassification,
     BertForTokenClassification,
+    BertTokenizerFast,
     ElectraConfig,
     ElectraForSequenceClassification,
+    MarianConfig,
+    MarianMTModel,
     RobertaConfig,
     RobertaForSequenceClassification,
     Trainer,
@@ -513,6 +516,39 @@ def test_a_student_of_another_model_type_is_warned_about(tmp_path, teacher, capl
     with caplog.at_level(logging.WARNING, logger="nlpkd.preflight"):
         make_trainer(tmp_path, teacher, make_student())
     assert "The teacher is a" not in caplog.text
+
+
+def test_models_given_by_name_are_refused(tmp_path, teacher, student):
+    with pytest.raises(
+        TypeError, match=r"teacher_model must be a loaded model, got str 'bert-base-uncased': load it "
+    ):
+        make_trainer(tmp_path, "bert-base-uncased", student)
+    with pytest.raises(TypeError, match=r"model must be a loaded model, got str 'tiny-student'"):
+        make_trainer(tmp_path, teacher, "tiny-student")
+
+
+def test_an_encoder_decoder_pair_is_sent_to_the_seq2seq_trainer(tmp_path):
+    config = MarianConfig(
+        vocab_size=99, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=20, decoder_ffn_dim=20, pad_token_id=0, decoder_start_token_id=0,
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"The teacher MarianMTModel is an encoder-decoder: distil it with nlpkd\.Seq2SeqDistillationTrainer",
+    ):
+        make_trainer(tmp_path, MarianMTModel(config), MarianMTModel(config))
+
+
+def test_a_tokenizer_larger_than_the_teacher_vocabulary_is_refused(tmp_path, teacher, student):
+    # ids past the embeddings failed at the first batch holding one, with "index out of range in self".
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{index}" for index in range(115))]
+    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)})
+    assert len(tokenizer) == 120
+    with pytest.raises(
+        ValueError,
+        match=r"The tokenizer \(processing_class\) has 120 tokens, but the teacher's input embeddings have 99 rows",
+    ):
+        make_trainer(tmp_path, teacher, student, trainer_kwargs={"processing_class": tokenizer})
 
 
 def test_num_labels_mismatch(tmp_path, teacher):
