@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from .progress import Progress
+
 ENGLISH_MODULE = "engWEB2015eb"
 SPANISH_MODULE = "spaRV1909eb"
 SWORD_INSTALL = (
@@ -65,45 +67,60 @@ def undo_drop_cap(text: str) -> str:
 
 
 def read_verses(
-    module_name: str, path: str | None = None, books: set[str] | None = None
+    module_name: str, path: str | None = None, books: set[str] | None = None, show_progress: bool = True
 ) -> dict[tuple[str, int, int], str]:
-    """Every non-empty verse of a SWORD Bible (or of the OSIS `books`), keyed by (OSIS book, chapter, verse)."""
+    """Every non-empty verse of a SWORD Bible (or of the OSIS `books`), keyed by (OSIS book, chapter, verse); with
+    `show_progress`, the verses read and the time left are logged as it goes (`nlpkd.progress`)."""
     from pysword.modules import SwordModules
 
     modules = SwordModules(path or sword_path())
     modules.parse_modules()
     bible = modules.get_bible_from_module(module_name)
+    chosen = [
+        book
+        for testament in bible.get_structure().get_books().values()
+        for book in testament
+        if books is None or book.osis_name in books
+    ]
+    total = sum(sum(book.chapter_lengths) for book in chosen)
+    progress = Progress(f"reading {module_name}", total, "verses", show_progress)
     verses = {}
-    for testament in bible.get_structure().get_books().values():
-        for book in testament:
-            if books is not None and book.osis_name not in books:
-                continue
-            keys = [
-                (book.osis_name, chapter, verse)
-                for chapter, length in enumerate(book.chapter_lengths, start=1)
-                for verse in range(1, length + 1)
-            ]
-            for key, markup in zip(keys, bible.get_iter(books=[book.name], clean=False), strict=True):
-                text = clean_verse(markup)
-                if text:
-                    verses[key] = text
+    for book in chosen:
+        keys = [
+            (book.osis_name, chapter, verse)
+            for chapter, length in enumerate(book.chapter_lengths, start=1)
+            for verse in range(1, length + 1)
+        ]
+        for key, markup in zip(keys, bible.get_iter(books=[book.name], clean=False), strict=True):
+            text = clean_verse(markup)
+            if text:
+                verses[key] = text
+        progress.update(len(keys))
     return verses
 
 
-def verse_pairs(path: str | None = None, books: set[str] | None = None) -> dict[str, list[str]]:
+def verse_pairs(
+    path: str | None = None, books: set[str] | None = None, show_progress: bool = True
+) -> dict[str, list[str]]:
     """Aligned (en, es) verse pairs in canonical order, without the misnumbered chapters and without pairs whose
     character lengths differ by more than MAX_LENGTH_RATIO (a sign of a verse split differently).
 
     Reading both Bibles takes about a minute (pysword unpacks a whole book per verse), so the full set is cached
-    as JSON under $NLPKD_CACHE (default ~/.cache/nlpkd), keyed by the module files' names and sizes.
+    as JSON under $NLPKD_CACHE (default ~/.cache/nlpkd), keyed by the module files' names and sizes. With
+    `show_progress`, the reading logs its progress.
     """
     path = path or sword_path()
     if books is not None:
-        return _aligned(read_verses(ENGLISH_MODULE, path, books), read_verses(SPANISH_MODULE, path, books))
+        return _aligned(
+            read_verses(ENGLISH_MODULE, path, books, show_progress),
+            read_verses(SPANISH_MODULE, path, books, show_progress),
+        )
     cache = _cache_file(path)
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    pairs = _aligned(read_verses(ENGLISH_MODULE, path), read_verses(SPANISH_MODULE, path))
+    pairs = _aligned(
+        read_verses(ENGLISH_MODULE, path, None, show_progress), read_verses(SPANISH_MODULE, path, None, show_progress)
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
     return pairs

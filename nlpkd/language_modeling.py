@@ -12,6 +12,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedModel, defau
 
 from .data import read_table
 from .positions import IGNORE_INDEX, logit_level
+from .progress import Progress
 
 TEXT_FORMATS = (".txt", ".csv", ".tsv", ".json", ".jsonl")
 
@@ -156,9 +157,16 @@ def with_fixed_labels(blocks: datasets.Dataset, tokenizer, mlm: bool, mlm_probab
 
 
 @torch.inference_mode()
-def perplexity(model: PreTrainedModel, dataset: datasets.Dataset, batch_size: int = 32) -> float:
+def perplexity(
+    model: PreTrainedModel,
+    dataset: datasets.Dataset,
+    batch_size: int = 32,
+    show_progress: bool = True,
+    description: str = "perplexity",
+) -> float:
     """exp(mean negative log-likelihood per predicted token) over `dataset` rows with `labels`, computed from the
-    logits (next-token labels for causal LMs), every token weighted equally across batches."""
+    logits (next-token labels for causal LMs), every token weighted equally across batches. With `show_progress`,
+    the rows done and the time left are logged under `description`."""
     level = logit_level(model)
     if level == "sequence":
         raise ValueError(f"perplexity needs a language model; {type(model).__name__} predicts one label a sequence.")
@@ -166,6 +174,7 @@ def perplexity(model: PreTrainedModel, dataset: datasets.Dataset, batch_size: in
     model.eval()
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
+    progress = Progress(description, len(dataset), "rows", show_progress)
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=default_data_collator):
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
@@ -177,6 +186,7 @@ def perplexity(model: PreTrainedModel, dataset: datasets.Dataset, batch_size: in
                 logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
             ).item()
             total_tokens += int((labels != IGNORE_INDEX).sum())
+            progress.update(len(labels))
     finally:
         model.train(was_training)
     if total_tokens == 0:

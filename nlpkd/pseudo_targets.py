@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from .pipeline import fingerprint
 from .positions import IGNORE_INDEX
+from .progress import Progress
 from .teacher_cache import teacher_digest
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def teacher_translations(
     max_new_tokens: int = 128,
     batch_size: int = 64,
     max_length_ratio: float | None = 2.0,
+    show_progress: bool = True,
 ) -> datasets.Dataset:
     """`dataset` (tokenized: input_ids, attention_mask, labels) with `labels` replaced by the teacher's beam-search
     translations of `input_ids` (ending with its eos), generated once and then loaded from
@@ -43,7 +45,8 @@ def teacher_translations(
     Sources are batched by length; with `max_length_ratio`, a batch generates at most that many tokens per source
     token of its longest source (+ 10, and never more than `max_new_tokens`), so that a translation stuck in a loop
     cannot hold its whole batch for `max_new_tokens` steps. The parts generated so far are kept in
-    `cache_dir/<fingerprint>.parts` until the whole cache is written, and a later call reuses them."""
+    `cache_dir/<fingerprint>.parts` until the whole cache is written, and a later call reuses them. With
+    `show_progress`, the source tokens translated and the time left are logged as they go (`nlpkd.progress`)."""
     settings = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
     if max_length_ratio is not None:
         settings["max_length_ratio"] = max_length_ratio
@@ -62,7 +65,7 @@ def teacher_translations(
         "Translating %d training sources with the teacher (beam %d), once; cached in %s", len(dataset), num_beams, path
     )
     parts_dir = path + ".parts"
-    labels = _generate(teacher, dataset["input_ids"], settings, batch_size, parts_dir)
+    labels = _generate(teacher, dataset["input_ids"], settings, batch_size, parts_dir, show_progress)
     datasets.Dataset.from_dict({"labels": labels}).save_to_disk(path)
     open(os.path.join(path, COMPLETE_MARKER), "w").close()
     shutil.rmtree(parts_dir, ignore_errors=True)
@@ -70,19 +73,34 @@ def teacher_translations(
 
 
 def _generate(
-    teacher: PreTrainedModel, sources: list[list[int]], settings: dict, batch_size: int, parts_dir: str
+    teacher: PreTrainedModel,
+    sources: list[list[int]],
+    settings: dict,
+    batch_size: int,
+    parts_dir: str,
+    show_progress: bool,
 ) -> list[list[int]]:
     """The labels of every source, generated part by part in length order (so each batch is the one that a single
     `generate_by_length` over all sources would make); a part already in `parts_dir` for the same sources is loaded."""
     os.makedirs(parts_dir, exist_ok=True)
     order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
     part_size = batch_size * BATCHES_PER_PART
-    eos = teacher.generation_config.eos_token_id
-    labels: list[list[int] | None] = [None] * len(sources)
+    parts = []  # (path, source indices, labels when saved by an earlier run)
     for start in range(0, len(order), part_size):
         indices = order[start : start + part_size]
         part_path = os.path.join(parts_dir, f"part-{start // part_size:05d}.json")
-        part = _load_part(part_path, indices)
+        parts.append((part_path, indices, _load_part(part_path, indices)))
+    todo = [index for _, indices, part in parts if part is None for index in indices]
+    if len(todo) < len(sources):
+        logger.info("Reusing %d translations saved by an earlier run in %s", len(sources) - len(todo), parts_dir)
+    # Counted in source tokens, not sentences: they go shortest first, so the sentences done so far would promise an
+    # early end.
+    progress = Progress(
+        "teacher translations", sum(len(sources[index]) for index in todo), "source tokens", show_progress
+    )
+    eos = teacher.generation_config.eos_token_id
+    labels: list[list[int] | None] = [None] * len(sources)
+    for part_path, indices, part in parts:
         if part is None:
             rows = generate_by_length(
                 teacher,
@@ -90,6 +108,7 @@ def _generate(
                 settings["pad_token_id"],
                 batch_size,
                 settings.get("max_length_ratio"),
+                progress=progress,
                 num_beams=settings["num_beams"],
                 max_new_tokens=settings["max_new_tokens"],
             )
@@ -97,7 +116,6 @@ def _generate(
             _save_part(part_path, indices, part)
         for index, row in zip(indices, part, strict=True):
             labels[index] = row
-        logger.info("Translated %d / %d sources", start + len(indices), len(order))
     return labels
 
 
@@ -123,13 +141,15 @@ def generate_by_length(
     pad_token_id: int,
     batch_size: int = 64,
     max_length_ratio: float | None = None,
+    progress: Progress | None = None,
     **generate_kwargs,
 ) -> list[list[int]]:
     """`model.generate(**generate_kwargs)` over token-id `sources`, returned in their order (decoder start token
     included, padded rows as generate returns them).
 
     Sources of similar length batch together (far less padding through beam search); with `max_length_ratio`, a
-    batch's `max_new_tokens` is capped by `length_limit` of its longest source."""
+    batch's `max_new_tokens` is capped by `length_limit` of its longest source. Each batch's source tokens are
+    counted on `progress`."""
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
@@ -150,6 +170,8 @@ def generate_by_length(
             )
         for row, index in enumerate(indices):
             generated_rows[index] = generated[row].tolist()
+        if progress is not None:
+            progress.update(sum(len(sources[index]) for index in indices))
     return generated_rows
 
 

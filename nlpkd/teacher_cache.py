@@ -30,6 +30,7 @@ from datasets.table import InMemoryTable
 from transformers import PreTrainedModel
 
 from .positions import logit_mask
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +151,16 @@ def build_teacher_cache(
     label_names: list[str],
     batch_size: int = 32,
     metadata: dict | None = None,
+    show_progress: bool = True,
 ) -> None:
     """Run `teacher` (on its device, in eval mode) over `dataset` in order, batched by `collator`, and save each
-    example's top-k logits to `path` (layout: the module docstring) with `metadata` and the files' checksums."""
+    example's top-k logits to `path` (layout: the module docstring) with `metadata` and the files' checksums; with
+    `show_progress`, log the rows done and the time left (`nlpkd.progress`)."""
     if len(dataset) == 0:
         raise ValueError("The training set is empty: there is nothing to cache the teacher's logits of.")
     device = next(teacher.parameters()).device
     parts = []
+    progress = Progress("teacher logits cache", len(dataset), "rows", show_progress)
     # Batched by hand rather than by a DataLoader, which draws a seed from the global RNG: building the cache must
     # leave the training run's shuffling and dropout as they would be without it.
     for start in range(0, len(dataset), batch_size):
@@ -164,6 +168,7 @@ def build_teacher_cache(
         batch = collator([dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)])
         batch = {name: value.to(device) for name, value in batch.items() if isinstance(value, torch.Tensor)}
         parts.append(_teacher_top_k(teacher, batch, level, top_k, label_names))
+        progress.update(min(batch_size, len(dataset) - start))
     num_classes = parts[0]["num_classes"]
     stored_k = parts[0]["values"].shape[-1]
     counts = np.concatenate([part["counts"] for part in parts])
@@ -244,9 +249,11 @@ def load_or_build_teacher_cache(
     top_k: int,
     label_names: list[str],
     batch_size: int = 32,
+    show_progress: bool = True,
 ) -> TeacherCache:
     """The cache of `teacher`'s top-k logits over `dataset` (as `collator` batches it) under `cache_dir`: loaded
-    when one with the same fingerprint exists, else built first. `dataset` holds only what the collator reads."""
+    when one with the same fingerprint exists, else built first (logging its progress with `show_progress`).
+    `dataset` holds only what the collator reads."""
     parts = {
         "format": FORMAT_VERSION,
         "teacher": teacher_digest(teacher),
@@ -263,7 +270,16 @@ def load_or_build_teacher_cache(
         logger.info("Caching the teacher's top-%d logits over %d examples in %s", top_k, len(dataset), path)
         os.makedirs(cache_dir, exist_ok=True)
         build_teacher_cache(
-            path, teacher, dataset, collator, level, top_k, label_names, batch_size, {**parts, "key": key}
+            path,
+            teacher,
+            dataset,
+            collator,
+            level,
+            top_k,
+            label_names,
+            batch_size,
+            {**parts, "key": key},
+            show_progress,
         )
     else:
         logger.info("Loading the teacher's cached logits from %s", path)

@@ -264,6 +264,7 @@ class DistillationMixin:
                 args.teacher_logits_top_k,
                 self.label_names,
                 args.per_device_eval_batch_size,
+                show_progress=not args.disable_tqdm and args.should_log,
             )
         self.train_dataset = train.add_column(CACHE_ROW, np.arange(len(train)))
         self.data_collator = CacheRowCollator(self.data_collator)

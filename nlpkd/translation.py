@@ -11,6 +11,7 @@ from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from .data import read_table
 from .positions import IGNORE_INDEX
+from .progress import Progress
 
 PAIR_COLUMNS = ("source", "target")
 TARGET_TOKENIZER_SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "bos_token": "<s>"}
@@ -29,6 +30,7 @@ def load_translation_pairs(
     validation_size: int = 500,
     test_size: int = 1000,
     seed: int = 42,
+    show_progress: bool = True,
 ) -> datasets.DatasetDict:
     """Train/validation/test splits of `source` → `target` sentence pairs, or a ValueError naming what is wrong.
 
@@ -36,7 +38,8 @@ def load_translation_pairs(
     OPUS datasets have, or with one column per language), else local files (.tsv/.csv/.json/.jsonl with one
     column per language code, e.g. `en` and `es`), else the embedded English–Spanish Bible verses
     (`nlpkd.bible`, needs source_lang='en' and target_lang='es'). Missing validation/test splits are cut from the
-    shuffled train split with `seed` (`validation_size`, `test_size` pairs).
+    shuffled train split with `seed` (`validation_size`, `test_size` pairs). With `show_progress`, reading the
+    Bibles (the first time) logs its progress.
     """
     if dataset_name is not None and train_file is not None:
         raise ValueError(
@@ -62,14 +65,14 @@ def load_translation_pairs(
                 f"target_lang={target_lang!r}: pass --source_lang en --target_lang es, or your own pairs with "
                 "--dataset_name or --train_file."
             )
-        splits = {"train": _bible_pairs()}
+        splits = {"train": _bible_pairs(show_progress)}
     return _complete_splits(splits, validation_size, test_size, seed)
 
 
-def _bible_pairs() -> datasets.Dataset:
+def _bible_pairs(show_progress: bool) -> datasets.Dataset:
     from .bible import verse_pairs
 
-    pairs = verse_pairs()
+    pairs = verse_pairs(show_progress=show_progress)
     return datasets.Dataset.from_dict({"source": pairs["en"], "target": pairs["es"]})
 
 
@@ -288,15 +291,19 @@ def translate(
     batch_size: int = 64,
     max_source_length: int = 128,
     max_length_ratio: float | None = None,
+    show_progress: bool = True,
+    description: str = "translating",
     **generate_kwargs,
 ) -> list[str]:
     """Translations of `sources` by `model.generate(**generate_kwargs)`, in order (batched by length for speed;
-    with `max_length_ratio`, each batch's `max_new_tokens` capped as in `nlpkd.pseudo_targets.length_limit`)."""
+    with `max_length_ratio`, each batch's `max_new_tokens` capped as in `nlpkd.pseudo_targets.length_limit`).
+    With `show_progress`, the source tokens done and the time left are logged under `description`."""
     from .pseudo_targets import generate_by_length
 
     ids = source_tokenizer(sources, truncation=True, max_length=max_source_length)["input_ids"]
+    progress = Progress(description, sum(map(len, ids)), "source tokens", show_progress)
     rows = generate_by_length(
-        model, ids, source_tokenizer.pad_token_id, batch_size, max_length_ratio, **generate_kwargs
+        model, ids, source_tokenizer.pad_token_id, batch_size, max_length_ratio, progress=progress, **generate_kwargs
     )
     return [text.strip() for text in target_tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
