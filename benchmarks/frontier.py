@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nlpkd.report import inference_cost, median_length_text
+from nlpkd import report
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "text_classification.py"
 
@@ -99,39 +99,24 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
-def speedups(rounds: list[dict[str, dict]]) -> dict[str, dict]:
-    """Per student, the median over rounds of the teacher / student batch-1 latency and the student / teacher
-    batch-32 throughput, each ratio taken within one round."""
-    students = [name for name in rounds[0] if name != "teacher"]
-    return {
-        name: {
-            "speedup_b1": statistics.median(r["teacher"]["latency_ms_b1"] / r[name]["latency_ms_b1"] for r in rounds),
-            "speedup_b32": statistics.median(
-                r[name]["throughput_b32"] / r["teacher"]["throughput_b32"] for r in rounds
-            ),
-        }
-        for name in students
-    }
-
-
 def measure_speed(
     teacher_path: str, student_dirs: dict[str, str], texts: list[str], max_length: int, num_rounds: int
-) -> list[dict[str, dict]]:
-    """Per round, the batch-1 latency and batch-32 throughput of the teacher and each saved student on the test
-    `texts`, measured in turns (see the module's docstring).
+) -> tuple[dict[str, dict], list[dict[str, dict]]]:
+    """The teacher and each saved student timed in turns on the test `texts` (`nlpkd.report.measure_speed`): per
+    model the median latency, throughput and speed-ups over the teacher, and the rounds.
 
     The teacher gets a fresh two-label head: the head's weights do not change its time.
     """
-    typical_text = median_length_text(texts)
+    typical_text = report.median_length_text(texts)
     models = {"teacher": AutoModelForSequenceClassification.from_pretrained(teacher_path, num_labels=2)}
     models.update(
         {name: AutoModelForSequenceClassification.from_pretrained(path) for name, path in student_dirs.items()}
     )
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    return [
-        {name: inference_cost(model, tokenizer, typical_text, texts, max_length) for name, model in models.items()}
-        for _ in range(num_rounds)
-    ]
+    timers = {
+        name: report.forward_timer(model, tokenizer, typical_text, texts, max_length) for name, model in models.items()
+    }
+    return report.measure_speed(timers, num_rounds)
 
 
 def format_frontier(summaries: dict[str, dict], seeds: list[int]) -> str:
@@ -179,10 +164,9 @@ def main() -> None:
     data_args, teacher_args, *_ = recipe.parse_args(extra_flags)
     texts = recipe.load_data(data_args)["test"]["text"]
     first_seed = {name: os.path.join(options.output_dir, name, f"seed{options.seeds[0]}") for name in runs}
-    speed_rounds = measure_speed(
+    speed, speed_rounds = measure_speed(
         teacher_args.teacher_path, first_seed, texts, data_args.max_seq_length, options.speed_rounds
     )
-    speed = speedups(speed_rounds)
     summaries = {name: {**summarise(results), **speed[name]} for name, results in runs.items()}
     with open(os.path.join(options.output_dir, "frontier.json"), "w", encoding="utf-8") as file:
         json.dump({"students": summaries, "speed_rounds": speed_rounds}, file, indent=2)

@@ -100,15 +100,40 @@ def predict_labels(model: PreTrainedModel, dataset, tokenizer, batch_size: int =
     return np.concatenate(predictions)
 
 
-def evaluate_classifier(model: PreTrainedModel, tokenizer, tokenized_test, test_texts: list[str], max_length: int):
-    """Quality (accuracy with its 95 % interval, macro F1) and cost (params, MB, latency) on the test split."""
-    predictions = predict_labels(model, tokenized_test, tokenizer)
+def evaluate_classifiers(
+    models: dict[str, PreTrainedModel],
+    tokenizer,
+    tokenized_test,
+    test_texts: list[str],
+    max_length: int,
+    show_progress: bool = True,
+) -> dict:
+    """Each model's quality on the test split (accuracy with its 95 % interval, macro F1, and the
+    `report.classification_verdict` on them) and cost (params, MB, and `report.measure_speed`'s batch-1 latency,
+    batch-32 throughput and speed-ups over the "teacher", the models timed in turns); plus the split's
+    `majority_class_rate`, the `warnings` about models no better than guessing and the timing rounds
+    (`speed_rounds`), ready for results.json. `show_progress` logs the rounds' progress."""
     references = np.array(tokenized_test["label"])
-    quality = accuracy_and_f1(predictions, references)
+    majority_rate = report.majority_class_rate(references.tolist())
     typical_text = report.median_length_text(test_texts)
-    return {
-        **quality,
-        "accuracy_ci": report.accuracy_confidence_interval(quality["accuracy"], len(references)),
-        **report.inference_cost(model, tokenizer, typical_text, test_texts, max_length),
-        "num_test_examples": len(references),
+    timers = {
+        name: report.forward_timer(model, tokenizer, typical_text, test_texts, max_length)
+        for name, model in models.items()
     }
+    speed, rounds = report.measure_speed(timers, show_progress=show_progress)
+    results = {}
+    for name, model in models.items():
+        quality = accuracy_and_f1(predict_labels(model, tokenized_test, tokenizer), references)
+        quality["accuracy_ci"] = report.accuracy_confidence_interval(quality["accuracy"], len(references))
+        results[name] = {
+            **quality,
+            "verdict": report.classification_verdict(quality, majority_rate),
+            "params": report.count_parameters(model),
+            "size_mb": report.model_size_mb(model),
+            **speed[name],
+            "num_test_examples": len(references),
+        }
+    results["majority_class_rate"] = majority_rate
+    results["warnings"] = report.health_warnings(results)
+    results["speed_rounds"] = rounds
+    return results

@@ -17,7 +17,7 @@ import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .plots import LOSS_CURVES, QUALITY_VS_LATENCY, plot_loss_curves, plot_quality_vs_latency
-from .report import QUALITY_KEYS, markdown_results_table
+from .report import QUALITY_KEYS, health_warnings, markdown_results_table
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 TAGS = ("distillation", "nlpkd")
@@ -129,6 +129,9 @@ def model_card(
         model_name=model_name,
         summary=summary,
         results_table=markdown_results_table(results) if results else None,
+        warnings=health_warnings(results) if results else [],
+        majority_class_rate=(results or {}).get("majority_class_rate"),
+        speed_rounds=len((results or {}).get("speed_rounds") or []),
         search=search_summary((results or {}).get("search")),
         eval_split=eval_split,
         plots=plots,

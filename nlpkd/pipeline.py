@@ -245,10 +245,10 @@ def dataset_card(dataset_name: str | None, config_name: str | None, train_file: 
     return {"dataset": os.path.basename(local.rstrip("/")) if local else embedded}
 
 
-def report_results(results: dict, model_names, output_dir: str) -> str:
-    """Write results.json, print the table of the models in it, and return the file's path."""
+def report_results(results: dict, output_dir: str) -> str:
+    """Write results.json, print the table of the models in it (with its warnings), and return the file's path."""
     path = write_results(results, output_dir)
-    print(format_results_table({name: results[name] for name in model_names if name in results}))
+    print(format_results_table(results))
     print(f"results: {path}")
     logger.info("results.json: %s", json.dumps(results))
     return path

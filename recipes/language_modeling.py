@@ -48,7 +48,7 @@ from nlpkd.pipeline import (
     report_results,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit
-from nlpkd.report import inference_cost
+from nlpkd.report import count_parameters, forward_timer, measure_speed, model_size_mb
 
 logger = logging.getLogger(__name__)
 
@@ -210,20 +210,26 @@ def main(argv: list[str] | None = None) -> dict:
     typical_text = tokenizer.decode(eval_blocks[0]["input_ids"], skip_special_tokens=True)
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in eval_blocks[:64]["input_ids"]]
     models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
+    models = {name: model for name, model in models.items() if model is not None}
+    # The models are timed in turns, and the speed-up is the median of the per-round ratios.
+    timers = {
+        name: forward_timer(model, tokenizer, typical_text, texts, data_args.block_size)
+        for name, model in models.items()
+    }
+    speed, speed_rounds = measure_speed(timers, show_progress=not args.disable_tqdm)
     results = {}
     for name, model in models.items():
-        if model is None:
-            continue
         quality = {} if objective == "general" else {"perplexity": perplexity(model, eval_blocks)}
-        results[name] = {**quality, **inference_cost(model, tokenizer, typical_text, texts, data_args.block_size)}
+        results[name] = {**quality, "params": count_parameters(model), "size_mb": model_size_mb(model), **speed[name]}
     if objective == "general":
         results["general"] = general
-    results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
+    results["speedup"] = results["student"]["speedup_b1"]
+    results["speed_rounds"] = speed_rounds
     results["objective"] = objective
     results["num_eval_blocks"] = len(eval_blocks)
     results["block_size"] = data_args.block_size
     results["distillation"] = distillation_settings(args, trainer.layer_map)
-    report_results(results, models, args.output_dir)
+    report_results(results, args.output_dir)
     if objective == "general":
         print("validation losses: " + ", ".join(f"{k} {v:.4f}" for k, v in results["general"].items()))
     embedded = data_args.dataset_name is None and data_args.train_file is None

@@ -36,7 +36,7 @@ from nlpkd.pipeline import (
 )
 from nlpkd.pseudo_targets import teacher_translations
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit
-from nlpkd.report import count_parameters, generation_latency, median_length_text, model_size_mb
+from nlpkd.report import count_parameters, generation_timer, measure_speed, median_length_text, model_size_mb
 from nlpkd.translation import (
     Seq2SeqCollator,
     build_encoder_decoder,
@@ -245,13 +245,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Stage 4: BLEU and chrF on the held-out pairs, size and latency for each model.
     generate_kwargs = dict(num_beams=args.generation_num_beams or 1, max_new_tokens=data_args.max_target_length)
-    models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
     sources = [data_args.source_prefix + text for text in test["source"]]
     typical = median_length_text(sources)
+    models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
+    models = {name: model for name, model in models.items() if model is not None}
+    # The models are timed in turns, and the speed-up is the median of the per-round ratios.
+    timers = {
+        name: generation_timer(model, source_tokenizer, typical, **generate_kwargs) for name, model in models.items()
+    }
+    speed, speed_rounds = measure_speed(timers, show_progress=not args.disable_tqdm)
     results = {}
     for name, model in models.items():
-        if model is None:
-            continue
         translations = translate(
             model, source_tokenizer, target_tokenizer, sources, max_length_ratio=2.0, **generate_kwargs
         )
@@ -259,18 +263,19 @@ def main(argv: list[str] | None = None) -> dict:
             **score_translations(translations, test["target"], data_args.n_bootstrap),
             "params": count_parameters(model),
             "size_mb": model_size_mb(model),
-            "latency_ms_b1": generation_latency(model, source_tokenizer, typical, **generate_kwargs),
+            **speed[name],
             "examples": translations[:3],
         }
         logger.info("%s: BLEU %.2f chrF %.2f", name, results[name]["bleu"], results[name]["chrf"])
     # A teacher scoring BLEU 0 (e.g. a short run) has no retention to report, and must not crash the run here.
     teacher_bleu = results["teacher"]["bleu"]
     results["retention"] = results["student"]["bleu"] / teacher_bleu if teacher_bleu > 0 else None
-    results["speedup"] = results["teacher"]["latency_ms_b1"] / results["student"]["latency_ms_b1"]
+    results["speedup"] = results["student"]["speedup_b1"]
+    results["speed_rounds"] = speed_rounds
     results["num_test_pairs"] = len(test)
     results["sequence_level_kd"] = data_args.sequence_level_kd
     results["distillation"] = distillation_settings(args, trainer.layer_map)
-    report_results(results, models, args.output_dir)
+    report_results(results, args.output_dir)
     kd = (
         "sequence-level (the teacher's beam-search translations)" if data_args.sequence_level_kd else "word-level only"
     )

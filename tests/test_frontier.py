@@ -70,17 +70,22 @@ def test_summary_gives_mean_and_std_over_seeds(frontier, tmp_path):
     assert row["teacher_accuracy"] == 0.8
 
 
-def test_speedups_are_medians_of_ratios_taken_within_one_round(frontier):
-    def cost(latency_ms: float, throughput: float) -> dict:
-        return {"latency_ms_b1": latency_ms, "throughput_b32": throughput}
+def test_the_speed_stage_times_the_models_in_turns_through_nlpkd(frontier, monkeypatch):
+    timed = []
 
-    rounds = [  # the second round ran on a loaded machine: the teacher's time doubled, the student's did not
-        {"teacher": cost(100.0, 10.0), "2L-128H": cost(10.0, 200.0)},
-        {"teacher": cost(200.0, 5.0), "2L-128H": cost(10.0, 200.0)},
-        {"teacher": cost(90.0, 10.0), "2L-128H": cost(10.0, 220.0)},
-    ]
-    speed = frontier.speedups(rounds)
-    assert speed == {"2L-128H": {"speedup_b1": pytest.approx(10.0), "speedup_b32": pytest.approx(22.0)}}
+    def fake_forward_timer(model, tokenizer, typical_text, texts, max_length):
+        return lambda: timed.append(model) or {"latency_ms_b1": 10.0 if model == "teacher model" else 2.0}
+
+    def fake_from_pretrained(path, **kwargs):
+        return "teacher model" if path == "teacher" else f"{path} model"
+
+    monkeypatch.setattr(frontier.report, "forward_timer", fake_forward_timer)
+    monkeypatch.setattr(frontier.AutoModelForSequenceClassification, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(frontier.AutoTokenizer, "from_pretrained", lambda path: None)
+    speed, rounds = frontier.measure_speed("teacher", {"2L-128H": "small"}, ["good", "bad"], 16, num_rounds=3)
+    assert timed == ["teacher model", "small model", "small model", "teacher model", "teacher model", "small model"]
+    assert len(rounds) == 3
+    assert speed["2L-128H"]["speedup_b1"] == pytest.approx(5.0)
 
 
 def test_the_table_names_the_shapes_that_meet_the_target(frontier):

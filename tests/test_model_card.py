@@ -153,6 +153,27 @@ def test_translation_card_has_bleu_in_the_model_index_and_both_languages():
     assert CITATIONS["kim_rush"] in card.text
 
 
+def test_card_warns_about_a_model_no_better_than_the_majority_class():
+    useless_student = {**CLASSIFICATION_RESULTS["student"], "accuracy": 0.52, "accuracy_ci": 0.03, "f1": 0.34}
+    results = {**CLASSIFICATION_RESULTS, "student": useless_student, "majority_class_rate": 0.523}
+    results["speed_rounds"] = [{}] * 10
+    text = parsed(model_card(results=results, **card_arguments())).text
+    warnings = text.split("## ⚠️ Warnings\n\n", 1)[1].split("\n## Results", 1)[0]
+    assert warnings.strip().splitlines() == [
+        "- **student is no better than always predicting the majority class (accuracy 52.0% ± 3.0% vs majority-class "
+        "rate 52.3%; macro-F1 34.0%). Likely causes: too few training steps for the loss set: the hidden-state and "
+        "attention losses, when on, outweigh the prediction loss early in training, so the classifier learns last "
+        "(raise --num_train_epochs, or distil from the logits alone with --hidden_weight 0 --attention_weight 0); a "
+        "learning rate too high or too low for this model (try --learning_rate 1e-4 or 5e-4); or imbalanced classes, "
+        "which reward predicting the frequent one alone.**"
+    ]
+    assert "Majority-class rate of the test split: 52.3 %" in text
+    assert "timed in turns over 10 rounds; each speed-up is the median of the\nper-round ratios" in text
+    healthy = str(model_card(results={**CLASSIFICATION_RESULTS, "majority_class_rate": 0.523}, **card_arguments()))
+    assert "Warnings" not in healthy and "Majority-class rate of the test split: 52.3 %" in healthy
+    assert "timed in turns" not in healthy  # no rounds recorded: an earlier results.json
+
+
 def test_card_without_results_says_so_and_has_no_model_index(tmp_path):
     local_teacher = tmp_path / "teacher"
     local_teacher.mkdir()

@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 from conftest import tiny_bert_config
 from transformers import AutoModelForSequenceClassification, BertModel, BertTokenizerFast
+
+from nlpkd import report
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "text_classification.py"
 WORDS = ["good", "great", "fine", "fun", "bad", "awful", "dull", "poor", "movie", "film", "the", "was", "a"]
@@ -70,7 +73,8 @@ def recipe_flags(teacher_dir: str, train_file: str, tmp_path, *extra: str) -> li
     ]  # fmt: skip
 
 
-def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv, tmp_path, capsys):
+def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="nlpkd.progress")
     recipe = load_recipe()
     flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--hidden_weight", "1", "--attention_weight", "1")
     results = recipe.main(flags)
@@ -83,11 +87,25 @@ def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv
         assert 0 <= saved[name]["accuracy"] <= 1
         assert saved[name]["num_test_examples"] == 6  # 10 % of 60 rows
     assert saved["retention"] == pytest.approx(saved["student"]["accuracy"] / saved["teacher"]["accuracy"])
-    assert saved["speedup"] == pytest.approx(saved["teacher"]["latency_ms_b1"] / saved["student"]["latency_ms_b1"])
+    # The models were timed in turns: the speed-up is the median of the per-round ratios, not the ratio of the
+    # median latencies (which a load present in some rounds moves).
+    assert len(saved["speed_rounds"]) == report.SPEED_ROUNDS
+    assert all(set(round_) == {"teacher", "student", "baseline"} for round_ in saved["speed_rounds"])
+    recomputed = report.median_speed(saved["speed_rounds"])["student"]["speedup_b1"]
+    assert saved["speedup"] == saved["student"]["speedup_b1"] == pytest.approx(recomputed, rel=1e-12)
     assert saved["student"]["params"] < saved["teacher"]["params"]
+    # A useless result says so: the test split's majority-class rate, a verdict per model, the warnings.
+    assert saved["majority_class_rate"] in [count / 6 for count in (3, 4, 5, 6)]  # of the 6 test rows' 2 labels
+    for name in ("teacher", "student", "baseline"):
+        assert saved[name]["verdict"] == report.classification_verdict(saved[name], saved["majority_class_rate"])
+    assert saved["warnings"] == report.health_warnings(saved)
     table = capsys.readouterr().out  # the table is printed
-    for line_start in ("teacher ", "student ", "baseline ", "retention of teacher accuracy:", "speed-up over teacher"):
+    for line_start in ("teacher ", "student ", "baseline ", "majority-class rate", "retention of teacher accuracy:"):
         assert any(line.startswith(line_start) for line in table.splitlines()), line_start
+    assert f"speed-up over teacher at batch 1 (median of {report.SPEED_ROUNDS} interleaved rounds): student " in table
+    assert [line.removeprefix("WARNING: ") for line in table.splitlines() if line.startswith("WARNING")] == saved[
+        "warnings"
+    ]
 
     student = AutoModelForSequenceClassification.from_pretrained(output_dir)
     assert student.config.num_hidden_layers == 1
@@ -100,7 +118,12 @@ def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv
     assert len(cached) == 1
     stamp = os.path.getmtime(cached[0] / "model.safetensors")
     # Another training seed keeps the split (split_seed) and the teacher (teacher_seed).
-    recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true", "--seed", "7"))
+    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # disable_tqdm
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true", "--seed", "7")
+    recipe.main([*flags, "--disable_tqdm", "false"])
+    progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
+    done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
+    assert progress[-1].startswith(done)
     assert os.path.getmtime(cached[0] / "model.safetensors") == stamp
     second = json.loads((output_dir / "results.json").read_text())
     assert "baseline" not in second

@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 import struct
 
@@ -163,3 +164,172 @@ def test_format_results_table():
 def test_format_results_table_without_a_teacher_has_no_ratio_lines():
     lines = report.format_results_table({"student": {"accuracy": 0.5}}).splitlines()
     assert len(lines) == 2 and lines[1].split()[:2] == ["student", "50.0"]
+
+
+class BusyMachine:
+    """A fake clock on which work runs `slowdown` times slower while another job holds the cores, from
+    `busy_from` to `busy_until` (seconds)."""
+
+    def __init__(self, busy_from: float, busy_until: float, slowdown: float):
+        self.now, self.busy_from, self.busy_until, self.slowdown = 0.0, busy_from, busy_until, slowdown
+
+    def clock(self) -> float:
+        return self.now
+
+    def timer(self, latency_ms: float):
+        """A model whose forward takes `latency_ms` on a quiet machine; it reports what the clock saw."""
+
+        def one_round() -> dict[str, float]:
+            busy = self.busy_from <= self.now < self.busy_until
+            seconds = latency_ms / 1000 * (self.slowdown if busy else 1)
+            self.now += seconds
+            return {"latency_ms_b1": 1000 * seconds}
+
+        return one_round
+
+
+def test_median_speed_is_the_median_of_per_round_ratios():
+    def cost(latency_ms: float, throughput: float) -> dict:
+        return {"latency_ms_b1": latency_ms, "throughput_b32": throughput}
+
+    rounds = [  # the second round ran on a loaded machine: the teacher's time doubled, the student's did not
+        {"teacher": cost(100.0, 10.0), "student": cost(10.0, 200.0)},
+        {"teacher": cost(200.0, 5.0), "student": cost(10.0, 200.0)},
+        {"teacher": cost(90.0, 10.0), "student": cost(10.0, 220.0)},
+    ]
+    speed = report.median_speed(rounds)
+    assert speed["teacher"] == {"latency_ms_b1": 100.0, "throughput_b32": 10.0}  # no speed-up over itself
+    assert speed["student"] == {
+        "latency_ms_b1": 10.0,
+        "throughput_b32": 200.0,
+        "speedup_b1": pytest.approx(10.0),  # ratios 10, 20, 9; the ratio of the medians would also be 10 here
+        "speedup_b32": pytest.approx(22.0),  # ratios 20, 40, 22; the ratio of the medians, 20, misses the third
+    }
+    generation = [{"teacher": {"latency_ms_b1": 300.0}, "student": {"latency_ms_b1": 100.0}}]  # no throughput
+    assert report.median_speed(generation)["student"] == {"latency_ms_b1": 100.0, "speedup_b1": pytest.approx(3.0)}
+
+
+def test_interleaved_rounds_survive_a_job_that_starts_and_stops_during_the_timing():
+    # A 100-ms teacher and a 10-ms student (truly 10x) on a machine slowed 5x for its first 2.78 seconds.
+    interleaved = BusyMachine(busy_from=0.0, busy_until=2.78, slowdown=5.0)
+    timers = {"teacher": interleaved.timer(100.0), "student": interleaved.timer(10.0)}
+    speed, rounds = report.measure_speed(timers, num_rounds=10, show_progress=False)
+    ratios = [round_["teacher"]["latency_ms_b1"] / round_["student"]["latency_ms_b1"] for round_ in rounds]
+    assert len(rounds) == 10 and min(ratios) < 5  # the job stopped between the student and the teacher of a round
+    assert speed["student"]["speedup_b1"] == pytest.approx(10.0)
+
+    # The same machine, one model timed after the other: the teacher meets the job, the student does not.
+    one_after_the_other = BusyMachine(busy_from=0.0, busy_until=2.78, slowdown=5.0)
+    teacher = report.timing_rounds({"teacher": one_after_the_other.timer(100.0)}, 10, show_progress=False)
+    student = report.timing_rounds({"student": one_after_the_other.timer(10.0)}, 10, show_progress=False)
+    ratio_of_medians = (
+        report.median_speed(teacher)["teacher"]["latency_ms_b1"]
+        / (report.median_speed(student)["student"]["latency_ms_b1"])
+    )
+    assert ratio_of_medians == pytest.approx(50.0)  # the busy machine's 5x, taken for the student's speed
+
+
+def test_timing_rounds_take_turns_in_alternating_order():
+    calls = []
+
+    def timer(name: str):
+        return lambda: calls.append(name) or {"latency_ms_b1": 1.0}
+
+    rounds = report.timing_rounds({"teacher": timer("teacher"), "student": timer("student")}, 3, show_progress=False)
+    assert calls == ["teacher", "student", "student", "teacher", "teacher", "student"]
+    assert all(list(round_) == ["teacher", "student"] for round_ in rounds)
+    with pytest.raises(ValueError, match="num_rounds must be >= 1, got 0"):
+        report.timing_rounds({"teacher": timer("teacher")}, 0)
+
+
+def test_timing_rounds_log_their_progress_unless_told_to_be_quiet(caplog):
+    machine = BusyMachine(busy_from=0.0, busy_until=0.0, slowdown=1.0)
+    timers = {"teacher": machine.timer(15_000.0), "student": machine.timer(5_000.0)}  # 20 seconds a round
+    with caplog.at_level(logging.INFO, logger="nlpkd.progress"):
+        report.timing_rounds(timers, 3, show_progress=True, clock=machine.clock)
+    assert [record.getMessage() for record in caplog.records] == [  # a line at most every 30 s, and at the end
+        "speed of teacher, student in turns: 2/3 rounds (67%), 0:00:40 elapsed, ETA 0:00:20",
+        "speed of teacher, student in turns: 3/3 rounds (100%), done in 0:01:00",
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nlpkd.progress"):
+        report.timing_rounds(timers, 3, show_progress=False, clock=machine.clock)
+    assert caplog.records == []
+
+
+def test_forward_timer_gives_one_rounds_latency_and_throughput(model, tokenizer):
+    calls = record_forward_inputs(model)
+    timings = report.forward_timer(model, tokenizer, "the film was good", ["good", "bad film"], 16)()
+    assert set(timings) == {"latency_ms_b1", "throughput_b32"}
+    assert all(value > 0 and math.isfinite(value) for value in timings.values())
+    assert [call["shape"][0] for call in calls] == [1] * 6 + [32] * 4  # 1 + 5 passes at batch 1, 1 + 3 at 32
+
+
+def test_majority_class_rate():
+    assert report.majority_class_rate([0, 1, 1, 1]) == 0.75
+    assert report.majority_class_rate(["pos", "neg", "neu"]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="labels is empty"):
+        report.majority_class_rate([])
+
+
+@pytest.mark.parametrize(
+    ("entry", "majority_rate", "verdict"),
+    [
+        # The issue's run: only the majority class predicted (accuracy = majority rate, macro-F1 0.47).
+        ({"accuracy": 0.9, "accuracy_ci": 0.02, "f1": 0.47}, 0.9, "majority_class"),
+        ({"accuracy": 0.45, "accuracy_ci": 0.03, "f1": 0.44}, 0.5, "majority_class"),  # below it
+        ({"accuracy": 0.54, "accuracy_ci": 0.05, "f1": 0.53}, 0.5, "majority_class"),  # above, inside the interval
+        ({"accuracy": 0.56, "accuracy_ci": 0.05, "f1": 0.55}, 0.5, "ok"),  # above its interval's lower end
+        ({"accuracy": 0.54, "f1": 0.53}, 0.5, "ok"),  # no interval: the accuracy alone
+        ({"accuracy": 0.95, "accuracy_ci": 0.01, "f1": 0.75}, 0.9, "low_macro_f1"),  # 20 points below
+        ({"accuracy": 0.95, "accuracy_ci": 0.01, "f1": 0.85}, 0.9, "ok"),  # 10 points below
+        ({"accuracy": 0.8, "f1": 0.6}, None, "low_macro_f1"),  # no majority rate: the F1 check alone
+        ({"perplexity": 40.0}, 0.5, "ok"),  # not a classifier
+    ],
+)
+def test_classification_verdict(entry, majority_rate, verdict):
+    assert report.classification_verdict(entry, majority_rate) == verdict
+
+
+def useless_results() -> dict:
+    """The issue's run: the teacher nearly perfect, student and baseline predicting the majority class alone."""
+    return {
+        "teacher": {"accuracy": 0.98, "accuracy_ci": 0.01, "f1": 0.97, "latency_ms_b1": 12.0},
+        "student": {"accuracy": 0.9, "accuracy_ci": 0.02, "f1": 0.47, "latency_ms_b1": 3.0, "speedup_b1": 3.5},
+        "baseline": {"accuracy": 0.9, "accuracy_ci": 0.02, "f1": 0.47, "latency_ms_b1": 3.0, "speedup_b1": 3.9},
+        "majority_class_rate": 0.9,
+        "speed_rounds": [{}] * 7,
+    }
+
+
+def test_health_warnings_name_the_useless_models_and_their_likely_causes():
+    student, baseline = report.health_warnings(useless_results())
+    assert student.startswith(
+        "student is no better than always predicting the majority class (accuracy 90.0% ± 2.0% vs majority-class "
+        "rate 90.0%; macro-F1 47.0%). Likely causes: too few training steps for the loss set"
+    )
+    assert "--hidden_weight 0 --attention_weight 0" in student and "--learning_rate" in student
+    assert baseline.startswith("baseline is no better than always predicting the majority class")
+    assert "--num_train_epochs" in baseline and "hidden_weight" not in baseline  # the baseline has no layer losses
+
+    results = useless_results()
+    results["teacher"].update(accuracy=0.95, f1=0.7)
+    [teacher, *_] = report.health_warnings(results)
+    assert teacher.startswith(
+        "teacher's macro-F1 70.0% is far below its accuracy 95.0% ± 1.0% (more than 15% apart; majority-class rate "
+        "90.0%): it misses the rarer classes. Likely causes: the teacher's fine-tuning"
+    )
+    assert "--teacher_num_train_epochs" in teacher
+    healthy = {"teacher": {"accuracy": 0.85, "f1": 0.84}, "student": {"accuracy": 0.8, "f1": 0.79}}
+    assert report.health_warnings({**healthy, "majority_class_rate": 0.5}) == []
+
+
+def test_results_table_shows_the_majority_rate_the_warnings_and_the_median_speedup():
+    lines = report.format_results_table(useless_results()).splitlines()
+    assert lines[4] == "majority-class rate (always predicting the most frequent class): 90.0%"
+    assert lines[6] == "speed-up over teacher at batch 1 (median of 7 interleaved rounds): student 3.5×, baseline 3.9×"
+    assert lines[7].startswith("WARNING: student is no better than always predicting the majority class")
+    assert lines[8].startswith("WARNING: baseline is no better than always predicting the majority class")
+    assert len(lines) == 9
+    markdown = report.markdown_results_table(useless_results())
+    assert "| student | 90.0 ± 2.0 | 47.0 | - | - | 3.0 | - | 3.5× | 91.8% |" in markdown

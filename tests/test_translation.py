@@ -8,6 +8,7 @@ import copy
 import importlib.util
 import itertools
 import json
+import logging
 import math
 import random
 import re
@@ -31,7 +32,7 @@ from transformers import (
 )
 
 import nlpkd.bible as bible
-from nlpkd import pseudo_targets
+from nlpkd import pseudo_targets, report
 from nlpkd.metrics import load_metric
 from nlpkd.pseudo_targets import _as_labels, teacher_translations
 from nlpkd.teacher_cache import teacher_digest
@@ -675,7 +676,12 @@ def check_results(saved: dict) -> None:
         assert 0 <= saved[name]["bleu"] <= 100 and 0 <= saved[name]["chrf"] <= 100
     assert saved["student"]["params"] < saved["teacher"]["params"]
     assert saved["baseline"]["params"] == saved["student"]["params"]
-    assert saved["speedup"] == pytest.approx(saved["teacher"]["latency_ms_b1"] / saved["student"]["latency_ms_b1"])
+    # The models were timed in turns: the speed-up is the median of the per-round ratios, not the ratio of the
+    # median latencies (which a load present in some rounds moves).
+    assert len(saved["speed_rounds"]) == report.SPEED_ROUNDS
+    assert all(set(round_) == {"teacher", "student", "baseline"} for round_ in saved["speed_rounds"])
+    recomputed = report.median_speed(saved["speed_rounds"])["student"]["speedup_b1"]
+    assert saved["speedup"] == saved["student"]["speedup_b1"] == pytest.approx(recomputed, rel=1e-12)
     if saved["teacher"]["bleu"] > 0:
         assert saved["retention"] == pytest.approx(saved["student"]["bleu"] / saved["teacher"]["bleu"])
     else:  # a teacher trained for 2 steps may score 0: no retention (and no ZeroDivisionError after training)
@@ -684,8 +690,9 @@ def check_results(saved: dict) -> None:
 
 
 def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
-    marian_dir, pairs_tsv, tmp_path, capsys, monkeypatch
+    marian_dir, pairs_tsv, tmp_path, capsys, monkeypatch, caplog
 ):
+    caplog.set_level(logging.INFO, logger="nlpkd.progress")
     recipe = load_recipe()
     flags = recipe_flags(marian_dir, pairs_tsv, tmp_path)
     saved = read_results(tmp_path / "out", recipe.main(flags))
@@ -714,7 +721,12 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
         return {**results, "bleu": 0.0} if len(scored) == 1 else results
 
     monkeypatch.setattr(recipe, "score_translations", score_teacher_zero)
-    again = read_results(tmp_path / "out", recipe.main([*flags, "--no_baseline", "true", "--seed", "7"]))
+    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # disable_tqdm
+    again_flags = [*flags, "--no_baseline", "true", "--seed", "7", "--disable_tqdm", "false"]
+    again = read_results(tmp_path / "out", recipe.main(again_flags))
+    progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
+    done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
+    assert progress[-1].startswith(done)
     assert cached_folders(tmp_path / "pseudo_targets") == [folder]
     assert (folder / pseudo_targets.COMPLETE_MARKER).stat().st_mtime_ns == stamp
     assert "baseline" not in again
