@@ -219,7 +219,11 @@ def main(argv: list[str] | None = None) -> dict:
     speed, speed_rounds = measure_speed(timers, show_progress=not args.disable_tqdm)
     results = {}
     for name, model in models.items():
-        quality = {} if objective == "general" else {"perplexity": perplexity(model, eval_blocks)}
+        quality = {}
+        if objective != "general":
+            quality["perplexity"] = perplexity(
+                model, eval_blocks, show_progress=not args.disable_tqdm, description=f"{name}: perplexity"
+            )
         results[name] = {**quality, "params": count_parameters(model), "size_mb": model_size_mb(model), **speed[name]}
     if objective == "general":
         results["general"] = general

@@ -181,9 +181,11 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
     for length_field in ("max_source_length", "max_target_length"):  # the encoders read one, the decoders the other
         check_length_limit(length_field, getattr(data_args, length_field), teacher_args, student_args)
+    # The long stages outside the Trainer log their progress (nlpkd.progress) where its bar would show.
+    show_progress = not args.disable_tqdm and args.should_log
     # Under several processes the main one fills the datasets cache first; the others read it.
     with args.main_process_first(desc="loading the pairs"):
-        pairs = load_pairs(data_args)
+        pairs = load_pairs(data_args, show_progress)
     logger.info("Pairs: %s", {split: len(rows) for split, rows in pairs.items()})
 
     # Stage 1: the teacher (trained once when it is not a translation model yet, then reused).
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
                 target_tokenizer.pad_token_id,
                 num_beams=args.generation_num_beams or 1,
                 max_new_tokens=data_args.max_target_length,
+                show_progress=show_progress,
             )
         student_train = (
             datasets.concatenate_datasets([references, translated]) if data_args.mix_references else translated
@@ -257,7 +260,14 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for name, model in models.items():
         translations = translate(
-            model, source_tokenizer, target_tokenizer, sources, max_length_ratio=2.0, **generate_kwargs
+            model,
+            source_tokenizer,
+            target_tokenizer,
+            sources,
+            max_length_ratio=2.0,
+            show_progress=show_progress,
+            description=f"{name}: translating the test sources",
+            **generate_kwargs,
         )
         results[name] = {
             **score_translations(translations, test["target"], data_args.n_bootstrap),
@@ -398,7 +408,7 @@ def target_tokenizer_once(data_args, texts):
     return train_target_tokenizer(texts, data_args.target_vocab_size, data_args.target_lang, directory)
 
 
-def load_pairs(data_args):
+def load_pairs(data_args, show_progress: bool = True):
     return load_translation_pairs(
         data_args.source_lang,
         data_args.target_lang,
@@ -410,6 +420,7 @@ def load_pairs(data_args):
         validation_size=data_args.validation_size,
         test_size=data_args.test_size,
         seed=data_args.split_seed,
+        show_progress=show_progress,
     )
 
 

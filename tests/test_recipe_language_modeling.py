@@ -164,6 +164,11 @@ def test_mlm_distils_a_masked_lm_and_reuses_the_fine_tuned_teacher(
     progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
     done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
     assert progress[-1].startswith(done)
+    stages = [record.getMessage() for record in caplog.records if record.name == "nlpkd.progress"]
+    assert [line.split(": ")[:2] for line in stages if not line.startswith("speed of")] == [  # none in the first run
+        ["teacher", "perplexity"],
+        ["student", "perplexity"],
+    ]
     assert cached_teachers(cache_dir) == before
     assert "baseline" not in again
     # The same teacher on the same fixed masks: the same perplexity.

@@ -727,6 +727,11 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
     progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
     done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
     assert progress[-1].startswith(done)
+    stages = [record.getMessage() for record in caplog.records if record.name == "nlpkd.progress"]
+    assert [line.split(": ")[:2] for line in stages if not line.startswith("speed of")] == [  # none in the first run
+        ["teacher", "translating the test sources"],
+        ["student", "translating the test sources"],
+    ]
     assert cached_folders(tmp_path / "pseudo_targets") == [folder]
     assert (folder / pseudo_targets.COMPLETE_MARKER).stat().st_mtime_ns == stamp
     assert "baseline" not in again
