@@ -123,3 +123,12 @@ def check_length_limit(
             f"{field}={length} exceeds the {name}'s max_position_embeddings={limit}, the most tokens it can read: "
             f"pass --{field} {limit} or less."
         )
+
+
+def check_sample_limits(data_args) -> None:
+    """Refuse a `max_train_samples` / `max_eval_samples` below 1 when a recipe's arguments are parsed, before any
+    stage (a limit of 0 left an empty split that failed deep inside `datasets`)."""
+    for name in ("max_train_samples", "max_eval_samples"):
+        limit = getattr(data_args, name)
+        if limit is not None and limit < 1:
+            raise ValueError(f"{name} must be >= 1, got {limit}: leave it unset to use every row.")

@@ -47,7 +47,7 @@ from nlpkd.pipeline import (
     publish_student,
     report_results,
 )
-from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit
+from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import count_parameters, forward_timer, measure_speed, model_size_mb
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,9 @@ class DataArguments:
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for 'mlm'."})
     max_train_samples: int | None = field(default=3200, metadata={"help": "Use at most this many training blocks."})
     max_eval_samples: int | None = field(default=400, metadata={"help": "Use at most this many validation blocks."})
+
+    def __post_init__(self):
+        check_sample_limits(self)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple:

@@ -35,7 +35,7 @@ from nlpkd.pipeline import (
     publish_student,
     report_results,
 )
-from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit
+from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.search import SearchArguments, search_distillation
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only this many validation and test rows."}
     )
+
+    def __post_init__(self):
+        check_sample_limits(self)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple:

@@ -35,7 +35,7 @@ from nlpkd.pipeline import (
     report_results,
 )
 from nlpkd.pseudo_targets import teacher_translations
-from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit
+from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import count_parameters, generation_timer, measure_speed, median_length_text, model_size_mb
 from nlpkd.translation import (
     Seq2SeqCollator,
@@ -172,6 +172,9 @@ class TranslationDataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Distil on at most this many pairs."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Score at most this many test pairs."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the BLEU/chrF intervals."})
+
+    def __post_init__(self):
+        check_sample_limits(self)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,9 +1,20 @@
-"""The recipes' shared argument checks: a length argument against the position limits of the models reading it."""
+"""The recipes' shared argument checks: a length argument against the position limits of the models reading it, and
+the sample limits."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from transformers import BertConfig, EncoderDecoderConfig, GPT2Config, T5Config, XLNetConfig
 
-from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, position_limit
+from nlpkd.recipe_args import (
+    StudentArguments,
+    TeacherArguments,
+    check_length_limit,
+    check_sample_limits,
+    position_limit,
+)
 
 
 def saved_config(config, folder) -> str:
@@ -61,3 +72,22 @@ def test_a_model_with_relative_positions_sets_no_limit(tmp_path):
     student = saved_config(BertConfig(max_position_embeddings=8), tmp_path / "student")
     with pytest.raises(ValueError, match=r"max_source_length=9 exceeds the student's max_position_embeddings=8"):
         check_length_limit("max_source_length", 9, teacher_args, StudentArguments(student_model_name_or_path=student))
+
+
+@pytest.mark.parametrize("recipe", ["text_classification", "language_modeling", "translation"])
+def test_every_recipe_refuses_a_sample_limit_of_zero_before_any_stage(recipe, tmp_path):
+    # A limit of 0 left an empty split that failed inside datasets ("Invalid key: 0 is out of bounds for size 0"),
+    # in the translation recipe only after its teacher stage.
+    script = Path(__file__).resolve().parents[1] / "recipes" / f"{recipe}.py"
+    spec = importlib.util.spec_from_file_location(f"{recipe}_recipe", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match=r"max_train_samples must be >= 1, got 0: leave it unset to use every row\."):
+        module.main(["--max_train_samples", "0", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_limits_of_one_and_none_pass():
+    check_sample_limits(SimpleNamespace(max_train_samples=1, max_eval_samples=None))
+    with pytest.raises(ValueError, match=r"max_eval_samples must be >= 1, got -5: "):
+        check_sample_limits(SimpleNamespace(max_train_samples=None, max_eval_samples=-5))
