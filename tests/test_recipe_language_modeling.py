@@ -199,6 +199,7 @@ def classification_flags(teacher_dir: str, student_dir: str, tmp_path: Path) -> 
         "--train_file", str(tmp_path / "reviews.csv"),
         "--text_column", "review",
         "--label_column", "sentiment",
+        "--max_seq_length", "64",  # the tiny teacher's position limit
         "--teacher_cache_dir", str(tmp_path / "classifier_teachers"),
         "--output_dir", str(tmp_path / "classifier"),
         "--max_steps", "2",
