@@ -67,7 +67,7 @@ COMMON_DEFAULTS = dict(
     save_total_limit=1,
     logging_steps=25,
     report_to="none",
-    disable_tqdm=True,
+    disable_tqdm=False,  # progress bars and the long stages' progress lines; --disable_tqdm true quiets both
     teacher_num_train_epochs=1.0,
     teacher_learning_rate=1e-4,
 )

@@ -58,7 +58,7 @@ DEFAULTS = dict(
     logging_steps=50,
     report_to="none",
     train_sampling_strategy="group_by_length",
-    disable_tqdm=True,
+    disable_tqdm=False,  # progress bars and the long stages' progress lines; --disable_tqdm true quiets both
     search_metric="eval_accuracy",
 )
 

@@ -93,7 +93,7 @@ DEFAULTS = dict(
     save_total_limit=1,
     logging_steps=50,
     report_to="none",
-    disable_tqdm=True,
+    disable_tqdm=False,  # progress bars and the long stages' progress lines; --disable_tqdm true quiets both
     generation_num_beams=4,
     generation_max_length=128,
     # The teacher: the MiniLM encoder with a new 3-layer decoder, trained once: the decoder alone (35 minutes on 2

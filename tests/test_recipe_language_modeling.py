@@ -142,7 +142,7 @@ def test_mlm_distils_a_masked_lm_and_reuses_the_fine_tuned_teacher(
     caplog.set_level(logging.INFO, logger="nlpkd.progress")
     recipe = load_recipe()
     flags = lm_flags(teacher_dir, corpus_file, tmp_path, "mlm")
-    saved = read_results(tmp_path / "out", recipe.main(flags))
+    saved = read_results(tmp_path / "out", recipe.main([*flags, "--disable_tqdm", "true"]))  # quiet
     check_lm_results(saved, "mlm")
     table = capsys.readouterr().out
     assert any(line.startswith("model ") and "perplexity" in line for line in table.splitlines())
@@ -159,8 +159,8 @@ def test_mlm_distils_a_masked_lm_and_reuses_the_fine_tuned_teacher(
     assert AutoConfig.from_pretrained(cached[0]).architectures == ["BertForMaskedLM"]
     before = cached_teachers(cache_dir)
     monkeypatch.setattr(nlpkd.pipeline, "Trainer", NoTeacherTraining)
-    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # disable_tqdm
-    again = read_results(tmp_path / "out", recipe.main([*flags, "--no_baseline", "true", "--disable_tqdm", "false"]))
+    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # quiet
+    again = read_results(tmp_path / "out", recipe.main([*flags, "--no_baseline", "true"]))
     progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
     done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
     assert progress[-1].startswith(done)

@@ -77,7 +77,7 @@ def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv
     caplog.set_level(logging.INFO, logger="nlpkd.progress")
     recipe = load_recipe()
     flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--hidden_weight", "1", "--attention_weight", "1")
-    results = recipe.main(flags)
+    results = recipe.main([*flags, "--disable_tqdm", "true"])  # quiet: no progress lines
 
     output_dir = tmp_path / "out"
     saved = json.loads((output_dir / "results.json").read_text())
@@ -118,9 +118,9 @@ def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv
     assert len(cached) == 1
     stamp = os.path.getmtime(cached[0] / "model.safetensors")
     # Another training seed keeps the split (split_seed) and the teacher (teacher_seed).
-    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # disable_tqdm
+    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # quiet
     flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true", "--seed", "7")
-    recipe.main([*flags, "--disable_tqdm", "false"])
+    recipe.main(flags)  # the default shows progress
     progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
     done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
     assert progress[-1].startswith(done)

@@ -695,7 +695,7 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
     caplog.set_level(logging.INFO, logger="nlpkd.progress")
     recipe = load_recipe()
     flags = recipe_flags(marian_dir, pairs_tsv, tmp_path)
-    saved = read_results(tmp_path / "out", recipe.main(flags))
+    saved = read_results(tmp_path / "out", recipe.main([*flags, "--disable_tqdm", "true"]))  # quiet
     check_results(saved)
     assert saved["teacher"]["bleu"] > 0  # the toy teacher translates some words
     assert saved["teacher"]["chrf_ci"] > 0
@@ -721,8 +721,8 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
         return {**results, "bleu": 0.0} if len(scored) == 1 else results
 
     monkeypatch.setattr(recipe, "score_translations", score_teacher_zero)
-    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # disable_tqdm
-    again_flags = [*flags, "--no_baseline", "true", "--seed", "7", "--disable_tqdm", "false"]
+    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # quiet
+    again_flags = [*flags, "--no_baseline", "true", "--seed", "7"]  # the default shows progress
     again = read_results(tmp_path / "out", recipe.main(again_flags))
     progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
     done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
