@@ -111,8 +111,8 @@ def evaluate_classifiers(
     """Each model's quality on the test split (accuracy with its 95 % interval, macro F1, and the
     `report.classification_verdict` on them) and cost (params, MB, and `report.measure_speed`'s batch-1 latency,
     batch-32 throughput and speed-ups over the "teacher", the models timed in turns); plus the split's
-    `majority_class_rate`, the `warnings` about models no better than guessing and the timing rounds
-    (`speed_rounds`), ready for results.json. `show_progress` logs the rounds' progress."""
+    `majority_class_rate` and the timing rounds (`speed_rounds`), ready for results.json (the recipe adds the
+    `warnings` once all of it is there: `report.health_warnings`). `show_progress` logs the rounds' progress."""
     references = np.array(tokenized_test["label"])
     majority_rate = report.majority_class_rate(references.tolist())
     typical_text = report.median_length_text(test_texts)
@@ -134,6 +134,5 @@ def evaluate_classifiers(
             "num_test_examples": len(references),
         }
     results["majority_class_rate"] = majority_rate
-    results["warnings"] = report.health_warnings(results)
     results["speed_rounds"] = rounds
     return results

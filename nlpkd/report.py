@@ -241,7 +241,8 @@ def classification_verdict(entry: dict, majority_rate: float | None) -> str:
 
 def health_warnings(results: dict) -> list[str]:
     """One warning per model of `results` whose `classification_verdict` is not "ok" (against the top-level
-    `majority_class_rate`), saying what is wrong, the likely causes and what to try."""
+    `majority_class_rate`), saying what is wrong, the likely causes and what to try; then those of the data checks
+    (`data_checks`, see `nlpkd.data.split_checks`), marked "data:"."""
     majority_rate = results.get("majority_class_rate")
     warnings = []
     for name, entry in _models(results).items():
@@ -260,7 +261,7 @@ def health_warnings(results: dict) -> list[str]:
             problem += f"; {majority})" if majority else ")"
             problem += ": it misses the rarer classes"
         warnings.append(f"{problem}. Likely causes: {_likely_causes(name)}")
-    return warnings
+    return warnings + [f"data: {warning}" for warning in results.get("data_checks", {}).get("warnings", [])]
 
 
 def _likely_causes(name: str) -> str:

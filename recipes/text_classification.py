@@ -36,6 +36,7 @@ from nlpkd.pipeline import (
     report_results,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
+from nlpkd.report import health_warnings
 from nlpkd.search import SearchArguments, search_distillation
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["speedup"] = results["student"]["speedup_b1"]
     results["distillation"] = distillation_settings(args, trainer.layer_map)
     results["data_checks"] = data_checks
+    results["warnings"] = health_warnings(results)  # useless models, then the data checks'
     if search is not None:
         results["search"] = search
     report_results(results, args.output_dir)

@@ -324,6 +324,16 @@ def test_health_warnings_name_the_useless_models_and_their_likely_causes():
     assert report.health_warnings({**healthy, "majority_class_rate": 0.5}) == []
 
 
+def test_the_data_checks_warnings_follow_the_models_in_table_and_warnings():
+    # split_checks' warnings were logged once and kept in results.json, but the printed table and card said nothing.
+    results = {**useless_results(), "data_checks": {"warnings": ["Rows whose text is also in the train split: 3"]}}
+    warnings = report.health_warnings(results)
+    assert len(warnings) == 3 and warnings[-1] == "data: Rows whose text is also in the train split: 3"
+    assert report.format_results_table(results).splitlines()[-1] == (
+        "WARNING: data: Rows whose text is also in the train split: 3"
+    )
+
+
 def test_results_table_shows_the_majority_rate_the_warnings_and_the_median_speedup():
     lines = report.format_results_table(useless_results()).splitlines()
     assert lines[4] == "majority-class rate (always predicting the most frequent class): 90.0%"
