@@ -3,7 +3,7 @@
 import pytest
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, Trainer
 
 VOCAB_SIZE = 99
 
@@ -71,3 +71,16 @@ class PadCollator:
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([row["labels"] for row in rows])
         return batch
+
+
+def crash_while_saving_at(step: int, monkeypatch) -> None:
+    """Make a Trainer's checkpoint of `step` fail after its weights are written and before its optimizer state and
+    trainer_state.json, as a kill -9 mid-save would leave it."""
+    save_optimizer = Trainer._save_optimizer_and_scheduler
+
+    def crash(self, output_dir):
+        if self.state.global_step == step:
+            raise KeyboardInterrupt("killed while saving")
+        save_optimizer(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", crash)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import PadCollator, make_classification_dataset, tiny_bert_config
+from conftest import PadCollator, crash_while_saving_at, make_classification_dataset, tiny_bert_config
 from transformers import BertForSequenceClassification, Trainer, TrainingArguments
 
 from nlpkd.checkpoints import incomplete_reason, last_complete_checkpoint, resolve_resume, save_whole
@@ -78,14 +78,7 @@ def test_the_teacher_stage_resumes_from_the_last_complete_checkpoint(tmp_path, m
         tokenizer=None,
         training_changes={"save_strategy": "steps", "save_steps": 2},
     )
-    save_optimizer = Trainer._save_optimizer_and_scheduler
-
-    def crash_at_step_4(self, output_dir):
-        if self.state.global_step == 4:
-            raise KeyboardInterrupt("killed while saving")
-        save_optimizer(self, output_dir)
-
-    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", crash_at_step_4)
+    crash_while_saving_at(4, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         finetune_teacher_once(**stage)
     monkeypatch.undo()

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import PadCollator, make_classification_dataset, tiny_bert_config
+from conftest import PadCollator, crash_while_saving_at, make_classification_dataset, tiny_bert_config
 from safetensors import safe_open
 from transformers import (
     BertForMaskedLM,
@@ -18,7 +18,6 @@ from transformers import (
     MarianMTModel,
     RobertaConfig,
     RobertaForSequenceClassification,
-    Trainer,
     TrainerCallback,
     TrainingArguments,
 )
@@ -285,10 +284,15 @@ def test_resume_without_projections_file_fails_clearly(tmp_path, teacher, studen
         resumed.train(resume_from_checkpoint=str(checkpoint))
 
 
+def _checkpoint_after_two_steps(tmp_path, teacher, student, **losses):
+    make_trainer(
+        tmp_path / "run", teacher, student, max_steps=2, save_strategy="steps", save_steps=2, **losses
+    ).train()
+    return tmp_path / "run" / "checkpoint-2"
+
+
 def test_resume_from_a_checkpoint_of_another_student_shape_fails_clearly(tmp_path, teacher, student):
-    trainer = make_trainer(tmp_path / "run", teacher, student, max_steps=2, save_strategy="steps", save_steps=2)
-    trainer.train()
-    checkpoint = tmp_path / "run" / "checkpoint-2"
+    checkpoint = _checkpoint_after_two_steps(tmp_path, teacher, student)
     other_shape = make_trainer(tmp_path / "run", teacher, make_student(num_hidden_layers=3), max_steps=4)
     with pytest.raises(
         ValueError,
@@ -299,11 +303,7 @@ def test_resume_from_a_checkpoint_of_another_student_shape_fails_clearly(tmp_pat
 
 
 def test_resume_with_other_projections_fails_clearly(tmp_path, teacher, student):
-    trainer = make_trainer(
-        tmp_path / "run", teacher, student, max_steps=2, save_strategy="steps", save_steps=2, hidden_weight=1.0
-    )
-    trainer.train()
-    checkpoint = tmp_path / "run" / "checkpoint-2"
+    checkpoint = _checkpoint_after_two_steps(tmp_path, teacher, student, hidden_weight=1.0)
     without_hidden_loss = make_trainer(tmp_path / "run", teacher, make_student(seed=3), max_steps=4)
     with pytest.raises(
         ValueError,
@@ -313,22 +313,10 @@ def test_resume_with_other_projections_fails_clearly(tmp_path, teacher, student)
         without_hidden_loss.train(resume_from_checkpoint=str(checkpoint))
 
 
-def _crash_while_saving_at(step: int, monkeypatch) -> None:
-    """Make the checkpoint of `step` fail after its weights are written, as a kill -9 mid-save would leave it."""
-    save_optimizer = Trainer._save_optimizer_and_scheduler
-
-    def crash(self, output_dir):
-        if self.state.global_step == step:
-            raise KeyboardInterrupt("killed while saving")
-        save_optimizer(self, output_dir)
-
-    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", crash)
-
-
 def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, teacher, monkeypatch, caplog):
     run = tmp_path / "run"
     crashed = make_trainer(run, teacher, make_student(), max_steps=6, save_strategy="steps", save_steps=2)
-    _crash_while_saving_at(4, monkeypatch)
+    crash_while_saving_at(4, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         crashed.train()
     monkeypatch.undo()
@@ -348,7 +336,7 @@ def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, teacher
 def test_resume_from_an_incomplete_checkpoint_path_names_the_complete_one(tmp_path, teacher, monkeypatch):
     run = tmp_path / "run"
     crashed = make_trainer(run, teacher, make_student(), max_steps=6, save_strategy="steps", save_steps=2)
-    _crash_while_saving_at(4, monkeypatch)
+    crash_while_saving_at(4, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         crashed.train()
     monkeypatch.undo()
