@@ -435,7 +435,8 @@ def test_losses_do_not_change_with_extra_padding(tmp_path, attention_loss, stude
     assert set(tight) == {"loss", "hard_loss", "logit_loss", "hidden_loss", "attention_loss"}
     for name, value in tight.items():
         assert value > 0.05, name
-        assert padded[name] == pytest.approx(value, rel=1e-5), name
+        # Other matmul shapes: float32 rounding of loss terms of ~1 (abs), whatever a component's size.
+        assert padded[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
 @pytest.mark.parametrize("model_class", [BertForTokenClassification, BertForMaskedLM])
@@ -696,7 +697,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, weights, dataset_
     accumulated = _train_with_accumulation(tmp_path / "accumulated", teacher, dataset, 4, 2, **weights)
     assert big_batch.state.global_step == accumulated.state.global_step == 2
     big_weights, accumulated_weights = _trained_weights(big_batch), _trained_weights(accumulated)
-    assert_states_equal(accumulated_weights, big_weights, atol=1e-6)
+    # Gradients summed in another float32 order drift the weights by ~1e-7 in 2 steps of lr 0.5; a mean of
+    # per-micro-batch means (the ragged case) moves them by ~1e-3.
+    assert_states_equal(accumulated_weights, big_weights, atol=1e-5)
     assert not torch.equal(big_weights["student.classifier.weight"], make_student(seed=1).classifier.weight)
     for big_entry, accumulated_entry in zip(training_logs(big_batch), training_logs(accumulated), strict=True):
         assert accumulated_entry["loss"] == pytest.approx(big_entry["loss"], rel=1e-5)
