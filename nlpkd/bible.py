@@ -7,11 +7,14 @@ The modules ship in the Debian packages `sword-text-web` (World English Bible, N
 import hashlib
 import html
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 from .progress import Progress
+
+logger = logging.getLogger(__name__)
 
 ENGLISH_MODULE = "engWEB2015eb"
 SPANISH_MODULE = "spaRV1909eb"
@@ -117,12 +120,17 @@ def verse_pairs(
         )
     cache = _cache_file(path)
     if cache.is_file():
-        return json.loads(cache.read_text(encoding="utf-8"))
+        try:
+            return json.loads(cache.read_text(encoding="utf-8"))
+        except ValueError:  # written before writes went through a temporary file, and cut short
+            logger.warning("The verse cache %s is cut short: reading the Bibles again.", cache)
     pairs = _aligned(
         read_verses(ENGLISH_MODULE, path, None, show_progress), read_verses(SPANISH_MODULE, path, None, show_progress)
     )
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    partial = cache.with_name(cache.name + ".partial")  # a run stopped while writing leaves no cut cache behind
+    partial.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    os.replace(partial, cache)
     return pairs
 
 

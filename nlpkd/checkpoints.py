@@ -1,4 +1,5 @@
-"""Which checkpoint to resume from: never one that a crash (kill -9, out of memory) left half-written.
+"""Which checkpoint to resume from, and how to keep a folder: never one that a crash (kill -9, out of memory) left
+half-written.
 
 The Trainer writes a checkpoint's files one after another and `trainer_state.json` last; it deletes older
 checkpoints (`save_total_limit`) only after that. So a checkpoint whose `trainer_state.json` reads as JSON, next to

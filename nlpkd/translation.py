@@ -9,6 +9,7 @@ import numpy as np
 from transformers import DataCollatorForSeq2Seq
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
+from .checkpoints import save_whole
 from .data import read_table
 from .positions import IGNORE_INDEX
 from .progress import Progress
@@ -134,8 +135,12 @@ def train_target_tokenizer(texts, vocab_size: int, language: str, output_dir: st
     backend = backend._tokenizer  # the `tokenizers.Tokenizer` inside the training wrapper
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **TARGET_TOKENIZER_SPECIALS)
-    tokenizer.save_pretrained(output_dir)
-    save_languages(output_dir, target=language)
+
+    def save(folder: str) -> None:
+        tokenizer.save_pretrained(folder)
+        save_languages(folder, target=language)
+
+    save_whole(save, output_dir, marker="tokenizer.json")  # what target_tokenizer_once looks for, moved in last
     return tokenizer
 
 

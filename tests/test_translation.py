@@ -32,7 +32,7 @@ from transformers import (
 )
 
 import nlpkd.bible as bible
-from nlpkd import pseudo_targets, report
+from nlpkd import pseudo_targets, report, translation
 from nlpkd.metrics import load_metric
 from nlpkd.pseudo_targets import _as_labels, teacher_translations
 from nlpkd.teacher_cache import teacher_digest
@@ -592,6 +592,29 @@ def test_verse_pairs_of_genesis_from_the_installed_modules(fast_pysword):
         assert max(len(en), len(es)) <= bible.MAX_LENGTH_RATIO * min(len(en), len(es))
     assert pairs["en"][-1].startswith("So Joseph died")  # Gen 50:26
     assert pairs["es"][-1].startswith("Y murió José")
+
+
+def test_a_verse_cache_cut_short_is_read_again_and_rewritten_whole(tmp_path, monkeypatch, caplog):
+    # json.loads of a cache cut by a kill -9 mid-write failed every later run with a JSONDecodeError.
+    monkeypatch.setenv("NLPKD_CACHE", str(tmp_path))
+    verses = {"en": {"Gen 1:1": "In the beginning"}, "es": {"Gen 1:1": "En el principio"}}
+    monkeypatch.setattr(bible, "read_verses", lambda module, *args: verses["en" if "eng" in module else "es"])
+    path = bible.sword_path()
+    cache = bible._cache_file(path)
+    cache.write_text('{"en": ["In the beg', encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="nlpkd.bible"):
+        pairs = bible.verse_pairs(path)
+    assert pairs == {"en": ["In the beginning"], "es": ["En el principio"]}
+    assert "is cut short: reading the Bibles again" in caplog.text
+    assert json.loads(cache.read_text(encoding="utf-8")) == pairs
+    assert [file.name for file in tmp_path.iterdir()] == [cache.name]  # no partial file left
+
+
+def test_a_target_tokenizer_save_cut_short_is_not_taken_for_a_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setattr(translation, "save_languages", lambda *args, **kwargs: pytest.fail("killed while saving"))
+    with pytest.raises(pytest.fail.Exception):
+        train_target_tokenizer(SPANISH, 60, "es", str(tmp_path / "es"))
+    assert not (tmp_path / "es" / "tokenizer.json").exists()  # target_tokenizer_once trains it again
 
 
 def test_sword_path_names_the_install_command_when_the_modules_are_missing(tmp_path, monkeypatch):
