@@ -5,6 +5,8 @@ import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, Trainer
 
+from nlpkd import report
+
 VOCAB_SIZE = 99
 
 
@@ -84,3 +86,17 @@ def crash_while_saving_at(step: int, monkeypatch) -> None:
         save_optimizer(self, output_dir)
 
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", crash)
+
+
+def recipe_progress(caplog) -> tuple[list[str], list[list[str]]]:
+    """What a recipe run logged through `nlpkd.progress` (caplog at INFO for it): its speed rounds' lines, and the
+    other stages' lines cut to [model, stage]."""
+    lines = [record.getMessage() for record in caplog.records if record.name == "nlpkd.progress"]
+    speed = [line for line in lines if line.startswith("speed of")]
+    return speed, [line.split(": ")[:2] for line in lines if not line.startswith("speed of")]
+
+
+def speed_rounds_done(line: str) -> bool:
+    """Whether `line` is the last progress line of the recipes' speed rounds, teacher and student timed in turns."""
+    rounds = f"{report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds"
+    return line.startswith(f"speed of teacher, student in turns: {rounds} (100%), done in ")

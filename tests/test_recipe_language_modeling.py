@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import recipe_progress, speed_rounds_done, tiny_bert_config
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -159,13 +159,11 @@ def test_mlm_distils_a_masked_lm_and_reuses_the_fine_tuned_teacher(
     assert AutoConfig.from_pretrained(cached[0]).architectures == ["BertForMaskedLM"]
     before = cached_teachers(cache_dir)
     monkeypatch.setattr(nlpkd.pipeline, "Trainer", NoTeacherTraining)
-    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # quiet
+    assert recipe_progress(caplog) == ([], [])  # quiet
     again = read_results(tmp_path / "out", recipe.main([*flags, "--no_baseline", "true"]))
-    progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
-    done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
-    assert progress[-1].startswith(done)
-    stages = [record.getMessage() for record in caplog.records if record.name == "nlpkd.progress"]
-    assert [line.split(": ")[:2] for line in stages if not line.startswith("speed of")] == [  # none in the first run
+    speed, stages = recipe_progress(caplog)
+    assert speed_rounds_done(speed[-1])
+    assert stages == [  # none in the first run
         ["teacher", "perplexity"],
         ["student", "perplexity"],
     ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import recipe_progress, speed_rounds_done, tiny_bert_config
 from transformers import AutoModelForSequenceClassification, BertModel, BertTokenizerFast
 
 from nlpkd import report
@@ -118,12 +118,11 @@ def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv
     assert len(cached) == 1
     stamp = os.path.getmtime(cached[0] / "model.safetensors")
     # Another training seed keeps the split (split_seed) and the teacher (teacher_seed).
-    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # quiet
+    assert recipe_progress(caplog) == ([], [])  # quiet
     flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true", "--seed", "7")
     recipe.main(flags)  # the default shows progress
-    progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
-    done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
-    assert progress[-1].startswith(done)
+    speed, _ = recipe_progress(caplog)
+    assert speed_rounds_done(speed[-1])
     assert os.path.getmtime(cached[0] / "model.safetensors") == stamp
     second = json.loads((output_dir / "results.json").read_text())
     assert "baseline" not in second

@@ -19,7 +19,7 @@ import datasets
 import pytest
 import sacrebleu
 import torch
-from conftest import tiny_bert_config
+from conftest import recipe_progress, speed_rounds_done, tiny_bert_config
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     AutoTokenizer,
@@ -744,14 +744,12 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
         return {**results, "bleu": 0.0} if len(scored) == 1 else results
 
     monkeypatch.setattr(recipe, "score_translations", score_teacher_zero)
-    assert not [record for record in caplog.records if record.getMessage().startswith("speed of")]  # quiet
+    assert recipe_progress(caplog) == ([], [])  # quiet
     again_flags = [*flags, "--no_baseline", "true", "--seed", "7"]  # the default shows progress
     again = read_results(tmp_path / "out", recipe.main(again_flags))
-    progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("speed of")]
-    done = f"speed of teacher, student in turns: {report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds (100%), done in "
-    assert progress[-1].startswith(done)
-    stages = [record.getMessage() for record in caplog.records if record.name == "nlpkd.progress"]
-    assert [line.split(": ")[:2] for line in stages if not line.startswith("speed of")] == [  # none in the first run
+    speed, stages = recipe_progress(caplog)
+    assert speed_rounds_done(speed[-1])
+    assert stages == [  # none in the first run
         ["teacher", "translating the test sources"],
         ["student", "translating the test sources"],
     ]
