@@ -3,7 +3,7 @@
 import pytest
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification, Trainer
+from transformers import BertConfig, BertForSequenceClassification, MarianConfig, Trainer
 
 from nlpkd import report
 
@@ -24,6 +24,26 @@ def tiny_bert_config(**overrides) -> BertConfig:
     )
     settings.update(overrides)
     return BertConfig(**settings)
+
+
+def tiny_marian_config(**overrides) -> MarianConfig:
+    """A tiny Marian encoder-decoder config (pad 0 also starts the decoder, eos 1), as `tiny_bert_config` for BERT."""
+    settings = dict(
+        vocab_size=VOCAB_SIZE,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    settings.update(overrides)
+    return MarianConfig(**settings)
 
 
 @pytest.fixture

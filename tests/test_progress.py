@@ -8,12 +8,12 @@ import re
 import datasets
 import pytest
 import torch
-from conftest import PadCollator, make_classification_dataset
+from conftest import PadCollator, make_classification_dataset, tiny_marian_config
 from test_language_modeling import lm_dataset, masked_lm
 from test_teacher_cache import cached_trainer
 from test_trainer import make_student, make_teacher
 from test_translation import fast_pysword, word_tokenizer  # noqa: F401 (fast_pysword is a fixture)
-from transformers import MarianConfig, MarianMTModel
+from transformers import MarianMTModel
 
 import nlpkd.bible as bible
 from nlpkd.language_modeling import perplexity
@@ -121,20 +121,10 @@ def test_the_trainer_shows_the_cache_progress_unless_disable_tqdm(tmp_path, prog
 
 def tiny_marian(vocab_size: int) -> MarianMTModel:
     torch.manual_seed(0)
-    config = MarianConfig(
-        vocab_size=vocab_size,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=16,
-        decoder_ffn_dim=16,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        decoder_start_token_id=PAD,
-        eos_token_id=1,
-    )
+    config = tiny_marian_config(
+        vocab_size=vocab_size, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
+    )  # fmt: skip
     return MarianMTModel(config).eval()
 
 

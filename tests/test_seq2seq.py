@@ -5,6 +5,7 @@ import copy as copy_module
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_marian_config
 from datasets import Dataset
 from safetensors import safe_open
 from test_trainer import EXACT_STEPS, assert_states_equal, clone_state, spy_on_forward, training_logs
@@ -14,7 +15,6 @@ from transformers import (
     BertModel,
     EncoderDecoderModel,
     HfArgumentParser,
-    MarianConfig,
     MarianMTModel,
     T5Config,
     T5ForConditionalGeneration,
@@ -43,14 +43,10 @@ STUDENT_SHAPE = dict(
 def marian(encoder_layers=4, decoder_layers=2, seed=0, **overrides) -> MarianMTModel:
     settings = dict(
         vocab_size=VOCAB,
-        d_model=32,
         encoder_layers=encoder_layers,
         decoder_layers=decoder_layers,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
-        max_position_embeddings=64,
         pad_token_id=PAD,
         eos_token_id=EOS,
         decoder_start_token_id=PAD,
@@ -61,7 +57,7 @@ def marian(encoder_layers=4, decoder_layers=2, seed=0, **overrides) -> MarianMTM
     )
     settings.update(overrides)
     torch.manual_seed(seed)
-    return MarianMTModel(MarianConfig(**settings)).eval()
+    return MarianMTModel(tiny_marian_config(**settings)).eval()
 
 
 def t5(encoder_layers=4, decoder_layers=2, seed=0, **overrides) -> T5ForConditionalGeneration:

@@ -5,7 +5,13 @@ import os
 
 import pytest
 import torch
-from conftest import PadCollator, crash_while_saving_at, make_classification_dataset, tiny_bert_config
+from conftest import (
+    PadCollator,
+    crash_while_saving_at,
+    make_classification_dataset,
+    tiny_bert_config,
+    tiny_marian_config,
+)
 from safetensors import safe_open
 from transformers import (
     BertForMaskedLM,
@@ -14,7 +20,6 @@ from transformers import (
     BertTokenizerFast,
     ElectraConfig,
     ElectraForSequenceClassification,
-    MarianConfig,
     MarianMTModel,
     RobertaConfig,
     RobertaForSequenceClassification,
@@ -313,13 +318,17 @@ def test_resume_with_other_projections_fails_clearly(tmp_path, teacher, student)
         without_hidden_loss.train(resume_from_checkpoint=str(checkpoint))
 
 
-def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, teacher, monkeypatch, caplog):
-    run = tmp_path / "run"
+def _cut_while_saving_step_4(run, teacher, monkeypatch) -> None:
     crashed = make_trainer(run, teacher, make_student(), max_steps=6, save_strategy="steps", save_steps=2)
     crash_while_saving_at(4, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         crashed.train()
     monkeypatch.undo()
+
+
+def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, teacher, monkeypatch, caplog):
+    run = tmp_path / "run"
+    _cut_while_saving_step_4(run, teacher, monkeypatch)
     assert (run / "checkpoint-4" / "model.safetensors").is_file() and not (
         run / "checkpoint-4" / "trainer_state.json"
     ).exists()
@@ -335,11 +344,7 @@ def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, teacher
 
 def test_resume_from_an_incomplete_checkpoint_path_names_the_complete_one(tmp_path, teacher, monkeypatch):
     run = tmp_path / "run"
-    crashed = make_trainer(run, teacher, make_student(), max_steps=6, save_strategy="steps", save_steps=2)
-    crash_while_saving_at(4, monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        crashed.train()
-    monkeypatch.undo()
+    _cut_while_saving_step_4(run, teacher, monkeypatch)
     resumed = make_trainer(run, teacher, make_student(seed=5), max_steps=6)
     with pytest.raises(
         ValueError,
@@ -517,10 +522,7 @@ def test_models_given_by_name_are_refused(tmp_path, teacher, student):
 
 
 def test_an_encoder_decoder_pair_is_sent_to_the_seq2seq_trainer(tmp_path):
-    config = MarianConfig(
-        vocab_size=99, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=20, decoder_ffn_dim=20, pad_token_id=0, decoder_start_token_id=0,
-    )  # fmt: skip
+    config = tiny_marian_config(d_model=16, encoder_attention_heads=2, decoder_attention_heads=2)
     with pytest.raises(
         ValueError,
         match=r"The teacher MarianMTModel is an encoder-decoder: distil it with nlpkd\.Seq2SeqDistillationTrainer",

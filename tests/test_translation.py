@@ -19,14 +19,13 @@ import datasets
 import pytest
 import sacrebleu
 import torch
-from conftest import recipe_progress, speed_rounds_done, tiny_bert_config
+from conftest import recipe_progress, speed_rounds_done, tiny_bert_config, tiny_marian_config
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     AutoTokenizer,
     BertModel,
     BertTokenizerFast,
     EncoderDecoderModel,
-    MarianConfig,
     MarianMTModel,
     PreTrainedTokenizerFast,
 )
@@ -97,19 +96,8 @@ def marian_dir(tmp_path_factory) -> str:
     """A tiny Marian teacher trained for 80 steps on PAIRS (it translates some of them and stops with </s>)."""
     folder = tmp_path_factory.mktemp("marian")
     tokenizer = word_tokenizer()
-    config = MarianConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=37,
-        decoder_ffn_dim=37,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        decoder_start_token_id=PAD,
+    config = tiny_marian_config(
+        vocab_size=len(tokenizer), pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD
     )
     torch.manual_seed(0)
     model = MarianMTModel(config)
