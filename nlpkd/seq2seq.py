@@ -3,11 +3,12 @@
 from transformers import PreTrainedModel, Seq2SeqTrainer
 
 from .preflight import check_seq2seq_pair
+from .publishing import PublishingMixin
 from .terms import HiddenTerm, seq2seq_terms, stack_width
 from .trainer import DistillationMixin
 
 
-class Seq2SeqDistillationTrainer(DistillationMixin, Seq2SeqTrainer):
+class Seq2SeqDistillationTrainer(PublishingMixin, DistillationMixin, Seq2SeqTrainer):
     """A [`Seq2SeqTrainer`] that distils an encoder-decoder `teacher_model` into `model` (Marian, BART, T5, an
     `EncoderDecoderModel`, ...); `args` must be a [`Seq2SeqDistillationArguments`].
 

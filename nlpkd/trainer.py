@@ -4,116 +4,34 @@ import contextlib
 import inspect
 import logging
 import os
-import shutil
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import datasets
 import numpy as np
-import safetensors.torch
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_pt_utils import nested_gather
-from transformers.trainer_utils import HubStrategy, enable_full_determinism, number_of_arguments, set_seed
+from transformers.trainer_utils import enable_full_determinism, number_of_arguments, set_seed
 from transformers.utils import can_return_loss, find_labels
-from transformers.utils.hub import PushInProgress
 
 from .arguments import DistillationArguments
-from .checkpoints import check_checkpoint_projections, check_checkpoint_student, resolve_resume
-from .hub import hub_files, push_failed, upload_student
+from .checkpoints import resolve_resume
+from .distillation_model import (
+    DistillationModel,
+    check_checkpoint,
+    load_projections,
+    make_projections,
+    save_distillation_model,
+)
 from .losses import logit_kd_loss, sparse_logit_kd_loss
-from .model_card import distillation_setup, hardware, non_default_arguments, reproduce_command, write_model_card
 from .positions import COUNT_OF_LOSS, IGNORE_INDEX, MASKED_LM_CLASSES, batch_counts, logit_level, logit_mask
 from .preflight import check_teacher_student, check_tokenizer_fits
+from .publishing import PublishingMixin
 from .teacher_cache import CACHE_ROW, CacheRowCollator, TeacherCache, load_or_build_teacher_cache
 from .terms import AttentionTerm, HiddenTerm, single_stack_terms
 
 logger = logging.getLogger(__name__)
-
-PROJECTIONS_NAME = "distillation_projections.safetensors"
-LOSS_WEIGHT_FIELDS = {
-    "hard_loss": "hard_label_weight",
-    "logit_loss": "logit_weight",
-    "hidden_loss": "hidden_weight",
-    "attention_loss": "attention_weight",
-}
-# `Trainer.create_model_card`'s names for what `nlpkd.model_card.model_card` calls otherwise.
-TRAINER_CARD_NAMES = {
-    "finetuned_from": "base_model",
-    "tasks": "pipeline_tag",
-    "dataset_tags": "datasets",
-    "dataset": "dataset_name",
-    "dataset_args": "dataset_config",
-}
-
-
-class DistillationModel(nn.Module):
-    """The module the Trainer optimises: the student plus its trainable hidden-state projections.
-
-    Keeping the projections inside the module that the Trainer prepares puts them in the optimizer, syncs their
-    gradients across processes and lets checkpoints restore them; `DistillationTrainer` saves the student alone.
-    """
-
-    _keys_to_ignore_on_save = None
-
-    def __init__(
-        self,
-        student: PreTrainedModel,
-        projections: nn.ModuleList | None = None,
-        hidden_outputs: tuple[str, ...] = ("hidden_states",),
-    ):
-        super().__init__()
-        self.student = student
-        # One projection per student hidden state (embeddings + each layer, of each stack in `hidden_outputs`
-        # order), student width -> teacher width.
-        self.projections = projections
-        self.hidden_outputs = hidden_outputs
-        self.config = student.config
-        self.main_input_name = student.main_input_name
-        # FSDP's default auto-wrap policy wraps the layer classes the model names here: the student's.
-        self._no_split_modules = getattr(student, "_no_split_modules", None)
-
-    def forward(self, project_hidden_states: bool = False, **inputs):
-        """Run the student and return its outputs, as the student would (so `Trainer.predict` works unchanged);
-        with `project_hidden_states`, return (outputs, {output name: its hidden states at the teacher's width})."""
-        outputs = self.student(**inputs, output_hidden_states=project_hidden_states)
-        if not project_hidden_states:
-            return outputs
-        projections, projected = iter(self.projections), {}
-        for name in self.hidden_outputs:
-            projected[name] = tuple(_project(next(projections), hidden) for hidden in getattr(outputs, name))
-        return outputs, projected
-
-    def generate(self, *args, **kwargs):
-        return self.student.generate(*args, **kwargs)
-
-    @property
-    def generation_config(self):
-        return self.student.generation_config
-
-    @generation_config.setter
-    def generation_config(self, value) -> None:
-        self.student.generation_config = value
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-
-    def tie_weights(self) -> None:
-        self.student.tie_weights()
-
-
-def _project(projection: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    # Projections are made in fp32 (they train from scratch); a bf16 or fp16 student's states meet them in their dtype.
-    weight = getattr(projection, "weight", None)
-    return projection(hidden if weight is None else hidden.to(weight.dtype))
-
-
-def _projections(student_width: int, teacher_width: int, count: int) -> nn.ModuleList:
-    if student_width == teacher_width:
-        return nn.ModuleList(nn.Identity() for _ in range(count))
-    return nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in range(count))
 
 
 class DistillationMixin:
@@ -153,15 +71,12 @@ class DistillationMixin:
             # inspection, and each `train()` makes its own.
             enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
             model = model_init() if number_of_arguments(model_init) == 0 else model_init(None)
-        self._hub_repo_deferred = True  # see init_hf_repo
         super().__init__(model=self._distillation_model(model, args), args=args, **kwargs)
-        self._hub_repo_deferred = False
         check_tokenizer_fits(self.processing_class, teacher_model)
         if model_init is not None and (self.optimizer is not None or self.lr_scheduler is not None):
             raise ValueError("`model_init` makes a new student per run: it cannot take fixed `optimizers`.")
         self.model_init = model_init
-        self._teacher_name = teacher_model.name_or_path
-        self._card_facts: dict = {}
+        self.teacher_name = teacher_model.name_or_path
         # The Trainer inspected the wrapper; labels and loss behaviour are the student's.
         if args.label_names is None:
             self.label_names = find_labels(type(model))
@@ -177,7 +92,7 @@ class DistillationMixin:
         self._eval_component_steps = 0
         self._window_counts: dict[str, torch.Tensor] | None = None
         self._window_processes = 1
-        self._saving_checkpoint = False
+        self.saving_checkpoint = False
 
     def _distillation_model(self, student: PreTrainedModel, args: DistillationArguments) -> DistillationModel:
         """Check the pair, set up the loss terms and weights that `args` asks for, and wrap `student` with fresh
@@ -190,7 +105,7 @@ class DistillationMixin:
             projections = nn.ModuleList(
                 projection
                 for term in self.hidden_terms
-                for projection in _projections(
+                for projection in make_projections(
                     self._width(student, term), self._width(teacher, term), len(term.layer_map) + 1
                 )
             )
@@ -482,11 +397,11 @@ class DistillationMixin:
     # ---- saving: the student alone in every model folder, the projections only in checkpoints ----
 
     def _save_checkpoint(self, model, trial) -> None:
-        self._saving_checkpoint = True
+        self.saving_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self._saving_checkpoint = False
+            self.saving_checkpoint = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -494,157 +409,24 @@ class DistillationMixin:
             return
         os.makedirs(output_dir, exist_ok=True)
         wrapper = self.accelerator.unwrap_model(self.model)
-        if state_dict is None:
-            state_dict = wrapper.state_dict()
-        student_state = {k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")}
-        wrapper.student.save_pretrained(output_dir, state_dict=student_state)
-        projection_state = {k: v.contiguous() for k, v in state_dict.items() if k.startswith("projections.")}
-        if self._saving_checkpoint and projection_state:
-            safetensors.torch.save_file(projection_state, os.path.join(output_dir, PROJECTIONS_NAME))
+        state_dict = wrapper.state_dict() if state_dict is None else state_dict
+        save_distillation_model(wrapper, state_dict, output_dir, with_projections=self.saving_checkpoint)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        if self._saving_checkpoint:  # a pickle of the arguments: the student's folder has them in its model card
+        if self.saving_checkpoint:  # a pickle of the arguments: the student's folder has them in its model card
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
-        check_checkpoint_student(resume_from_checkpoint, wrapper.student)
-        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
-        check_checkpoint_projections(path, wrapper.projections)
+        check_checkpoint(resume_from_checkpoint, wrapper)
         super()._load_from_checkpoint(resume_from_checkpoint, model=wrapper.student)
-        if wrapper.projections is None or not list(wrapper.projections.parameters()):
-            return
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"{resume_from_checkpoint} has no {PROJECTIONS_NAME}: it was not written by a DistillationTrainer "
-                "with hidden-state distillation, so the trained projections cannot be restored. Resume from a "
-                "checkpoint of this run, or start without resume_from_checkpoint."
-            )
-        state = safetensors.torch.load_file(path, device="cpu")
-        wrapper.projections.load_state_dict({k.removeprefix("projections."): v for k, v in state.items()})
+        load_projections(resume_from_checkpoint, wrapper)
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the student (weights, config, tokenizer, generation config) with its model card and plots to
-        `output_dir`: the folder `push_to_hub` uploads. Checkpoints get no card; they add the projections and the
-        Trainer's state."""
-        super().save_model(output_dir, _internal_call=True)
-        if not self._saving_checkpoint:
-            self.create_model_card(output_dir=output_dir)
-        if self.args.push_to_hub and not _internal_call:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
-    # ---- the Hub: the student alone, with its model card and plots ----
-
-    def create_model_card(self, output_dir: str | None = None, **card) -> None:
-        """Write the student's model card (README.md) and plots to `output_dir` (default: args.output_dir).
-
-        `card` takes the arguments of `nlpkd.model_card.model_card` (`results`, `setup`, `citations`, `command`,
-        `pipeline_tag`, `datasets`, `dataset_name`, `language`, `license`, ...) or the Trainer's names for some of them
-        (`finetuned_from`, `tasks`, `dataset_tags`, `dataset`, `dataset_args`). They are remembered, so the cards that
-        `save_model`, `push_to_hub` and pushes during training write later keep them. The trainer adds the rest: the
-        teacher, losses, layer map, student shape, non-default training arguments, hardware, loss curves, command.
-        """
-        self._remember_card(card)
-        if not self.is_world_process_zero():
-            return
-        facts = dict(self._card_facts)
-        for name in ("tags", "datasets"):  # the Trainer takes a single string too
-            if isinstance(facts.get(name), str):
-                facts[name] = [facts[name]]
-        citations = ["hinton", *(["tinybert"] if self.hidden_terms or self.attention_terms else [])]
-        citations += ["kim_rush"] if self.seq2seq else []
-        card = {
-            "model_name": (self.args.hub_model_id or Path(self.args.output_dir).absolute().name).split("/")[-1],
-            "base_model": self._teacher_name,
-            "command": reproduce_command(sys.argv[0], sys.argv[1:]),
-            **facts,
-            "setup": {**distillation_setup(self.args, self.layer_map, self.student), **facts.get("setup", {})},
-            "citations": [*citations, *facts.get("citations", [])],
-            "training_arguments": non_default_arguments(self.args),
-            "hardware": hardware(self.args.device),
-        }
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        write_model_card(output_dir, log_history=self.state.log_history, **card)
-
-    def _remember_card(self, card: dict) -> None:
-        for name, value in card.items():
-            if value is not None:
-                self._card_facts[TRAINER_CARD_NAMES.get(name, name)] = value
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **kwargs,
-    ):
-        """Save the student with its card and plots to args.output_dir, then upload the student's files alone
-        (`nlpkd.hub.hub_files`): never the teacher, the projections, checkpoints, optimizer state or training_args.bin.
-
-        `kwargs` go to `create_model_card`. When a blocking upload fails (no token, Hub unreachable, ...), the local
-        folder is complete and `nlpkd.hub.HubPushError` says how to upload it without training again.
-        """
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        self._remember_card(kwargs)
-        self.save_model(_internal_call=True)
-        if not self.is_world_process_zero():
-            return None
-        self._finish_current_push()
-        output_dir = self.args.output_dir
-        token = token if token is not None else self.args.hub_token
-        revision = revision if revision is not None else self.args.hub_revision
-        try:
-            if self.hub_model_id is None:
-                self.init_hf_repo(token=token, private=private)
-            return upload_student(output_dir, self.hub_model_id, commit_message, token, revision, blocking)
-        except Exception as error:  # whatever went wrong, the student is saved: say so, and how to upload it
-            raise push_failed(error, output_dir, self.hub_model_id or self.args.hub_model_id) from error
-
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        # Trainer.__init__ creates the Hub repo at once; here the first push does, so that a missing token or an
-        # unreachable Hub fails after the student is saved (saying how to upload it), not before training.
-        if not self._hub_repo_deferred:
-            super().init_hf_repo(token=token, private=private)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # The Trainer's version uploads output_dir with training_args.bin and, for hub_strategy "checkpoint", whole
-        # checkpoints (DistillationArguments refuses those strategies). Here: the student's files alone.
-        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
-            return
-        in_progress = getattr(self, "push_in_progress", None)
-        if not self.args.hub_always_push and in_progress is not None and not in_progress.is_done():
-            return
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        output_dir = self.args.output_dir
-        for name in hub_files(checkpoint_folder):  # copied rather than saved again: no new gathering of the weights
-            shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
-        self.create_model_card()
-        try:
-            if self.hub_model_id is None:
-                self.init_hf_repo(token=self.args.hub_token)
-            job = upload_student(
-                output_dir,
-                self.hub_model_id,
-                f"Training in progress, step {self.state.global_step}",
-                self.args.hub_token,
-                self.args.hub_revision,
-                blocking=False,
-            )
-        except Exception as error:  # a failed push must not stop training; the push at the end says what to do
-            logger.warning("Pushing step %d to the Hub failed: %r. Training goes on.", self.state.global_step, error)
-            return
-        if in_progress is None or in_progress.is_done():
-            self.push_in_progress = PushInProgress([job])
-        else:
-            in_progress.jobs.append(job)
-
-
-class DistillationTrainer(DistillationMixin, Trainer):
+class DistillationTrainer(PublishingMixin, DistillationMixin, Trainer):
     """A [`Trainer`] that distils `teacher_model` into `model` (the student).
 
     Takes every [`Trainer`] argument plus `teacher_model`; `args` must be a [`DistillationArguments`]. The teacher is

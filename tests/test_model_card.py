@@ -22,10 +22,10 @@ from transformers import BertForSequenceClassification, BertTokenizerFast
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from nlpkd import DistillationArguments, DistillationTrainer
+from nlpkd.distillation_model import PROJECTIONS_NAME
 from nlpkd.hub import HubPushError, hub_files
 from nlpkd.model_card import CITATIONS, hardware, model_card, non_default_arguments, write_model_card
 from nlpkd.plots import plot_loss_curves, plot_quality_vs_latency
-from nlpkd.trainer import PROJECTIONS_NAME
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 CLASSIFICATION_RESULTS = {

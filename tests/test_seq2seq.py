@@ -22,9 +22,9 @@ from transformers import (
 
 from nlpkd import Seq2SeqDistillationArguments, Seq2SeqDistillationTrainer, make_student
 from nlpkd.capture import AttentionCapture
+from nlpkd.distillation_model import PROJECTIONS_NAME
 from nlpkd.positions import batch_counts
 from nlpkd.terms import stack_layers
-from nlpkd.trainer import PROJECTIONS_NAME
 
 VOCAB = 60
 PAD, EOS = 0, 1

@@ -28,8 +28,8 @@ from transformers import (
 )
 
 from nlpkd import DistillationArguments, DistillationTrainer
+from nlpkd.distillation_model import PROJECTIONS_NAME
 from nlpkd.losses import logit_kd_loss
-from nlpkd.trainer import PROJECTIONS_NAME
 
 ALL_LOSSES = dict(hard_label_weight=0.3, logit_weight=0.7, hidden_weight=2.0, attention_weight=0.1)
 # Plain SGD at a constant rate: after two steps the weights show any difference in the gradients.
