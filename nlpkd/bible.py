@@ -4,7 +4,6 @@ The modules ship in the Debian packages `sword-text-web` (World English Bible, N
 `sword-text-sparv` (Reina-Valera 1909, KJV versification); they are read with `pysword`, no `diatheke` needed.
 """
 
-import hashlib
 import html
 import json
 import logging
@@ -12,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from .fingerprint import file_digest, fingerprint
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -137,10 +137,9 @@ def verse_pairs(
 def _cache_file(path: str) -> Path:
     files = sorted(p for p in Path(path).rglob("*") if p.is_file() and ("ztext" in p.parts or p.suffix == ".conf"))
     signature = [(str(p.relative_to(path)), p.stat().st_size) for p in files]
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # a change in the cleaning rules is a new cache
-    key = hashlib.sha256(json.dumps([signature, code]).encode()).hexdigest()
+    code = file_digest(__file__)  # a change in the cleaning rules is a new cache
     cache_root = Path(os.environ.get("NLPKD_CACHE", Path.home() / ".cache" / "nlpkd"))
-    return cache_root / f"bible-pairs-{key[:12]}.json"
+    return cache_root / f"bible-pairs-{fingerprint(signature, code)}.json"
 
 
 def _aligned(english: dict, spanish: dict) -> dict[str, list[str]]:

@@ -14,8 +14,9 @@ from transformers import (
 )
 
 from . import report
+from .fingerprint import fingerprint
 from .metrics import load_metric
-from .pipeline import finetune_teacher_once, fingerprint, has_trained_head
+from .pipeline import finetune_teacher_once, has_trained_head
 from .recipe_args import TeacherArguments
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
-"""Recipe stages every task shares: plain training arguments, students, fingerprints, results files."""
+"""Recipe stages every task shares: plain training arguments, students, results files."""
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 
 from .assets import MINILM_HUB_ID
 from .checkpoints import last_complete_checkpoint, save_whole
+from .fingerprint import fingerprint
 from .model_card import reproduce_command
 from .recipe_args import StudentArguments, TeacherArguments
 from .report import format_results_table
@@ -25,24 +25,6 @@ def plain_training_args(args: TrainingArguments, **changes) -> TrainingArguments
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
     values.update(changes)
     return TrainingArguments(**values)
-
-
-def fingerprint(*parts) -> str:
-    """A short stable hash of JSON-serialisable parts (settings, data digests) for cache folder names.
-
-    Other iterables (a `datasets` column, an array) are hashed element by element: never by their `str()`, which
-    for a `datasets.Column` shows only the first rows.
-    """
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=_jsonable).encode("utf-8"))
-    return digest.hexdigest()[:12]
-
-
-def _jsonable(value):
-    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
-        return list(value)
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    return str(value)
 
 
 def has_trained_head(model_name_or_path: str, head: str) -> bool:

@@ -16,10 +16,9 @@ import datasets
 import torch
 from transformers import PreTrainedModel
 
-from .pipeline import fingerprint
+from .fingerprint import fingerprint, teacher_digest
 from .positions import IGNORE_INDEX
 from .progress import Progress
-from .teacher_cache import teacher_digest
 
 logger = logging.getLogger(__name__)
 COMPLETE_MARKER = "nlpkd_pseudo_targets_complete"

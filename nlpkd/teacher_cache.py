@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import torch
 from datasets.table import InMemoryTable
 from transformers import PreTrainedModel
 
+from .fingerprint import data_digest, file_digest, teacher_digest
 from .positions import logit_mask
 from .progress import Progress
 
@@ -64,50 +64,6 @@ class TeacherCache:
         values = flat("values").view(-1, self.top_k)
         indices = flat("indices").long().view(-1, self.top_k)
         return values, indices, flat("rest"), counts
-
-
-# Config fields that differ between a model trained in this process and the same model loaded back from disk
-# (the Trainer turns `use_cache` off; `dtype` is only written on save), or that name where it came from.
-_NOT_IDENTITY = ("transformers_version", "use_cache", "dtype", "torch_dtype")
-
-
-def teacher_digest(teacher: PreTrainedModel) -> str:
-    """sha256 of the teacher's class, config (less its path, library version and run-time switches, in nested
-    configs too) and state-dict tensors: a teacher fine-tuned in this run and the same teacher loaded by the next
-    run share it, so a cache made from either is found by both."""
-    digest = hashlib.sha256(type(teacher).__name__.encode())
-    digest.update(json.dumps(_identity(teacher.config.to_dict()), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(teacher.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def _identity(config: dict) -> dict:
-    return {
-        name: _identity(value) if isinstance(value, dict) else value
-        for name, value in config.items()
-        if not (isinstance(name, str) and (name.startswith("_") or name in _NOT_IDENTITY))  # (id2label has ints)
-    }
-
-
-def data_digest(dataset: datasets.Dataset) -> str:
-    """sha256 of every value of every column, in row order (stable across runs, unlike in-memory fingerprints)."""
-    digest = hashlib.sha256(f"{len(dataset)}:{dataset.features}".encode())
-    for batch in dataset.with_format("arrow").iter(batch_size=1024):
-        for name in sorted(batch.column_names):
-            digest.update(name.encode())
-            digest.update(pickle.dumps(batch.column(name).to_pylist(), protocol=4))
-    return digest.hexdigest()
-
-
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -184,7 +140,7 @@ def build_teacher_cache(
     partial = f"{path}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     datasets.Dataset(InMemoryTable(table)).save_to_disk(partial)
-    files = {name: _file_digest(os.path.join(partial, name)) for name in sorted(os.listdir(partial))}
+    files = {name: file_digest(os.path.join(partial, name)) for name in sorted(os.listdir(partial))}
     metadata = {
         **(metadata or {}),
         "num_rows": len(dataset),
@@ -224,7 +180,7 @@ def load_teacher_cache(path: str, key: str, num_rows: int) -> TeacherCache:
         file_path = os.path.join(path, name)
         if not os.path.isfile(file_path):
             raise corrupt(f"{name} is missing")
-        if _file_digest(file_path) != expected:
+        if file_digest(file_path) != expected:
             raise corrupt(f"{name} does not match the checksum written with it")
     if not metadata.get("files"):
         raise corrupt(f"{METADATA_NAME} lists no data files")

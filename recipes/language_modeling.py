@@ -29,6 +29,7 @@ from transformers import (
 
 from nlpkd import DistillationArguments, DistillationTrainer
 from nlpkd.cli import parse_recipe_args, peek_argument
+from nlpkd.fingerprint import fingerprint
 from nlpkd.language_modeling import (
     LanguageModelingCollator,
     load_text_corpus,
@@ -42,7 +43,6 @@ from nlpkd.pipeline import (
     distil_and_train_baseline,
     distillation_settings,
     finetune_teacher_once,
-    fingerprint,
     has_trained_head,
     publish_student,
     report_results,

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, set_see
 
 from nlpkd import Seq2SeqDistillationArguments, Seq2SeqDistillationTrainer
 from nlpkd.cli import parse_recipe_args
+from nlpkd.fingerprint import fingerprint
 from nlpkd.hub import TARGET_TOKENIZER_DIR
 from nlpkd.pipeline import (
     build_student,
@@ -30,7 +31,6 @@ from nlpkd.pipeline import (
     distil_and_train_baseline,
     distillation_settings,
     finetune_teacher_once,
-    fingerprint,
     publish_student,
     report_results,
 )

@@ -16,14 +16,9 @@ from test_trainer import make_args, make_student, make_teacher, spy_on_forward, 
 from transformers import BertForMaskedLM, BertForTokenClassification, GPT2LMHeadModel
 
 from nlpkd import DistillationArguments, DistillationTrainer, Seq2SeqDistillationArguments
+from nlpkd.fingerprint import teacher_digest
 from nlpkd.losses import logit_kd_loss, sparse_logit_kd_loss
-from nlpkd.teacher_cache import (
-    CACHE_ROW,
-    METADATA_NAME,
-    TeacherCacheError,
-    load_or_build_teacher_cache,
-    teacher_digest,
-)
+from nlpkd.teacher_cache import CACHE_ROW, METADATA_NAME, TeacherCacheError, load_or_build_teacher_cache
 
 LOGIT_ONLY = dict(hard_label_weight=0.0, logit_weight=1.0)
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -32,9 +32,9 @@ from transformers import (
 
 import nlpkd.bible as bible
 from nlpkd import pseudo_targets, report, translation
+from nlpkd.fingerprint import teacher_digest
 from nlpkd.metrics import load_metric
 from nlpkd.pseudo_targets import _as_labels, teacher_translations
-from nlpkd.teacher_cache import teacher_digest
 from nlpkd.translation import (
     LANGUAGES_FILE,
     Seq2SeqCollator,
