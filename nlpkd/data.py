@@ -8,11 +8,14 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
+from .assets import movie_reviews_path
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 HELD_OUT_SPLITS = ("validation", "test")
 FILE_FORMATS = (".csv", ".tsv", ".json", ".jsonl")
+MOVIE_REVIEW_LABELS = ["negative", "positive"]
 
 
 def load_classification_data(
@@ -29,7 +32,7 @@ def load_classification_data(
 
     The source is `dataset_name` (`datasets.load_dataset(dataset_name, dataset_config_name)`: a hub name or a local
     folder), else local `.csv`, `.tsv` (unquoted), `.json` (array or JSON lines) or `.jsonl` files, else the
-    embedded movie reviews (`assets.load_movie_reviews`). Missing splits are made with `seed`: train alone is split
+    embedded movie reviews (`load_movie_reviews`). Missing splits are made with `seed`: train alone is split
     80/10/10; without a test split the validation split is halved into validation and test; without a validation
     split 10 % of train becomes validation. A validation or test split whose labels are all -1 (unlabelled, as in
     GLUE's test sets) counts as missing.
@@ -61,8 +64,6 @@ def load_classification_data(
         }
         class_names = None
     else:
-        from nlpkd.assets import load_movie_reviews  # assets imports this module for its splitting
-
         return load_movie_reviews(seed)
     if class_names is None:
         columns, class_names = _encode_labels(columns, label_column)
@@ -74,6 +75,19 @@ def load_classification_data(
     data = _complete_splits(splits, seed)
     _check_splits(data)
     return data
+
+
+def load_movie_reviews(seed: int = 42) -> datasets.DatasetDict:
+    """The movie reviews as `text` and `label` (negative/positive = sign of the score, neutral rows dropped),
+    split 80/10/10 with `seed`."""
+    # Unquoted TSV: a review such as `... a 9" black and white portable TV.` holds a literal quote.
+    reviews = pd.read_csv(movie_reviews_path(), sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
+    reviews = reviews[reviews["sentiment"] != 0]
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=MOVIE_REVIEW_LABELS)}
+    )
+    columns = {"text": reviews["text"].tolist(), "label": (reviews["sentiment"] > 0).astype(int).tolist()}
+    return train_validation_test_split(datasets.Dataset.from_dict(columns, features=features), seed)
 
 
 def train_validation_test_split(dataset: datasets.Dataset, seed: int) -> datasets.DatasetDict:

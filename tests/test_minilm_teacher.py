@@ -43,7 +43,7 @@ def test_minilm_attention_capture_matches_eager(minilm):
 
 
 def test_minilm_teacher_distils_tinybert4_with_all_losses(minilm, tmp_path):
-    from nlpkd.assets import load_movie_reviews
+    from nlpkd.data import load_movie_reviews
 
     path, tokenizer = minilm
     teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
