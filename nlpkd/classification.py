@@ -1,4 +1,4 @@
-"""Text-classification stages: tokenise, get a fine-tuned teacher, evaluate teacher/student/baseline."""
+"""Text-classification stages: tokenise, vet a trained teacher's labels, evaluate teacher/student/baseline."""
 
 import logging
 
@@ -6,18 +6,10 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
-from transformers import (
-    AutoModelForSequenceClassification,
-    DataCollatorWithPadding,
-    PreTrainedModel,
-    TrainingArguments,
-)
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedModel
 
 from . import report
-from .fingerprint import fingerprint
 from .metrics import load_metric
-from .pipeline import finetune_teacher_once, has_trained_head
-from .recipe_args import TeacherArguments
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +27,6 @@ def label_names(data: DatasetDict) -> list[str]:
     return list(data["train"].features["label"].names)
 
 
-def data_digest(data: DatasetDict) -> str:
-    """A digest of the texts and labels of every split (stable across runs, unlike in-memory fingerprints)."""
-    return fingerprint({name: [split["text"], split["label"]] for name, split in data.items()})
-
-
 def accuracy_and_f1(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
     """Accuracy and macro F1 from the packaged offline metric modules."""
     return {
@@ -53,43 +40,15 @@ def compute_accuracy_f1(eval_prediction) -> dict[str, float]:
     return accuracy_and_f1(np.argmax(eval_prediction.predictions, axis=-1), eval_prediction.label_ids)
 
 
-def prepare_teacher(
-    teacher_args: TeacherArguments,
-    teacher_path: str,
-    data: DatasetDict,
-    tokenized: DatasetDict,
-    tokenizer,
-    args: TrainingArguments,
-    max_seq_length: int,
-) -> PreTrainedModel:
-    """The teacher with a trained classification head for these labels.
-
-    A checkpoint that already has a trained sequence-classification head for the same labels is used as it is;
-    otherwise (or with `--finetune_teacher`) the teacher is fine-tuned once and kept under `teacher_cache_dir`,
-    keyed by teacher, data and settings, so the next run loads it instead.
-    """
-    names = label_names(data)
-    labels = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    if not teacher_args.finetune_teacher and has_trained_head(teacher_path, "ForSequenceClassification"):
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
-        if list(teacher.config.id2label.values()) != names:
-            raise ValueError(
-                f"The teacher {teacher_path!r} was trained for labels {list(teacher.config.id2label.values())}, "
-                f"but the data has {names}. Pass --finetune_teacher to train a new head on this data."
-            )
-        return teacher
-    return finetune_teacher_once(
-        AutoModelForSequenceClassification,
-        teacher_path,
-        ("sequence-classification", data_digest(data), max_seq_length),
-        teacher_args,
-        args,
-        tokenized["train"],
-        DataCollatorWithPadding(tokenizer),
-        tokenizer,
-        ignore_mismatched_sizes=True,
-        **labels,
-    )
+def labelled_teacher(teacher_path: str, names: list[str]) -> PreTrainedModel:
+    """The checkpoint's trained classifier, refused unless its labels are the data's `names`, in the same order."""
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
+    if list(teacher.config.id2label.values()) != names:
+        raise ValueError(
+            f"The teacher {teacher_path!r} was trained for labels {list(teacher.config.id2label.values())}, "
+            f"but the data has {names}. Pass --finetune_teacher to train a new head on this data."
+        )
+    return teacher
 
 
 @torch.inference_mode()

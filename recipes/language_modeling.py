@@ -42,13 +42,12 @@ from nlpkd.pipeline import (
     dataset_card,
     distil_and_train_baseline,
     distillation_settings,
-    finetune_teacher_once,
-    has_trained_head,
     publish_student,
     report_results,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import count_parameters, forward_timer, measure_speed, model_size_mb
+from nlpkd.teacher_stage import finetune_teacher_once, trained_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ OBJECTIVE_DEFAULTS = {
     ),
 }
 AUTO_CLASSES = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM, "general": AutoModel}
-TRAINED_HEADS = {"mlm": ("ForMaskedLM",), "clm": ("ForCausalLM", "LMHeadModel")}
+TRAINED_HEADS = {"mlm": ("ForMaskedLM",), "clm": ("ForCausalLM", "LMHeadModel"), "general": None}  # None: any body
 
 
 @dataclass
@@ -174,29 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
         eval_blocks = with_fixed_labels(eval_blocks, tokenizer, mlm, data_args.mlm_probability, data_args.split_seed)
 
     # Stage 1: a teacher with a trained LM head (adapted once, then reused); a bare encoder for general.
-    auto_class = AUTO_CLASSES[objective]
-    if objective == "general" or (
-        not teacher_args.finetune_teacher
-        and any(has_trained_head(teacher_path, head) for head in TRAINED_HEADS[objective])
-    ):
-        teacher = auto_class.from_pretrained(teacher_path)
-    else:
-        corpus_digest = fingerprint(blocks["train"]["input_ids"])
-        teacher = finetune_teacher_once(
-            auto_class,
-            teacher_path,
-            (objective, corpus_digest, data_args.block_size, data_args.mlm_probability),
-            teacher_args,
-            args,
-            blocks["train"],
-            collator,
-            tokenizer,
-            **_causal_kwargs(teacher_path, objective),
-        )
+    teacher = prepare_teacher(data_args, teacher_args, args, blocks["train"], collator, tokenizer)
 
     # Stage 2: distil the student.
     set_seed(args.seed)  # the same student whether the teacher was just trained or loaded from the cache
-    student = build_student(teacher, student_args, auto_class)
+    student = build_student(teacher, student_args, AUTO_CLASSES[objective])
     baseline = None if student_args.no_baseline or objective == "general" else copy.deepcopy(student)
     # Stage 3 follows inside: the baseline, the same student and schedule without a teacher.
     trainer = distil_and_train_baseline(
@@ -265,6 +246,36 @@ def general_losses(trainer: DistillationTrainer) -> dict[str, float]:
     if logged:  # none when training ran fewer steps than logging_steps
         losses.update({f"train_{name}": logged[-1][name] for name in components if name in logged[-1]})
     return losses
+
+
+def prepare_teacher(data_args, teacher_args, args, train_blocks, collator, tokenizer):
+    """Stage 1 (`nlpkd.teacher_stage`): the teacher with a trained LM head for mlm/clm. A checkpoint that has one is
+    used as it is; otherwise (or with --finetune_teacher) its LM head is trained once on `train_blocks` and kept under
+    teacher_cache_dir. General distillation takes any checkpoint's body as it is."""
+    objective = data_args.objective
+    auto_class = AUTO_CLASSES[objective]
+    teacher_path = teacher_args.teacher_path
+
+    def finetune():
+        return finetune_teacher_once(
+            auto_class,
+            teacher_path,
+            (objective, fingerprint(train_blocks["input_ids"]), data_args.block_size, data_args.mlm_probability),
+            teacher_args,
+            args,
+            train_blocks,
+            collator,
+            tokenizer,
+            **_causal_kwargs(teacher_path, objective),
+        )
+
+    return trained_teacher(
+        teacher_path,
+        TRAINED_HEADS[objective],
+        load=auto_class.from_pretrained,
+        finetune=finetune,
+        retrain=teacher_args.finetune_teacher,
+    )
 
 
 def _causal_kwargs(teacher_path: str, objective: str) -> dict:

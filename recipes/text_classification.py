@@ -24,9 +24,10 @@ from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
 from nlpkd import DistillationArguments
-from nlpkd.classification import compute_accuracy_f1, evaluate_classifiers, prepare_teacher, tokenize
+from nlpkd.classification import compute_accuracy_f1, evaluate_classifiers, label_names, labelled_teacher, tokenize
 from nlpkd.cli import parse_recipe_args
 from nlpkd.data import load_classification_data, split_checks
+from nlpkd.fingerprint import fingerprint
 from nlpkd.pipeline import (
     build_student,
     dataset_card,
@@ -38,6 +39,7 @@ from nlpkd.pipeline import (
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import health_warnings
 from nlpkd.search import SearchArguments, search_distillation
+from nlpkd.teacher_stage import finetune_teacher_once, trained_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     collator = DataCollatorWithPadding(tokenizer)
 
     # Stage 1: a teacher with a trained head (fine-tuned once, then reused).
-    teacher = prepare_teacher(teacher_args, teacher_path, data, tokenized, tokenizer, args, data_args.max_seq_length)
+    teacher = prepare_teacher(teacher_args, data, tokenized, tokenizer, args, data_args.max_seq_length)
 
     # Stage 2a (with --search_trials): search temperature and loss weights, each trial scored on the validation split.
     search = None
@@ -203,6 +205,39 @@ def main(argv: list[str] | None = None) -> dict:
         **dataset_card(data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, EMBEDDED_DATA),
     )
     return results
+
+
+def prepare_teacher(teacher_args, data: DatasetDict, tokenized: DatasetDict, tokenizer, args, max_seq_length: int):
+    """Stage 1 (`nlpkd.teacher_stage`): the teacher with a trained classification head for the data's labels. A
+    checkpoint that has one for the same labels is used as it is; otherwise (or with --finetune_teacher) the teacher
+    is fine-tuned once and kept under teacher_cache_dir, keyed by teacher, data and settings."""
+    teacher_path = teacher_args.teacher_path
+    names = label_names(data)
+
+    def finetune():
+        data_key = fingerprint({name: [split["text"], split["label"]] for name, split in data.items()})
+        return finetune_teacher_once(
+            AutoModelForSequenceClassification,
+            teacher_path,
+            ("sequence-classification", data_key, max_seq_length),
+            teacher_args,
+            args,
+            tokenized["train"],
+            DataCollatorWithPadding(tokenizer),
+            tokenizer,
+            ignore_mismatched_sizes=True,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: index for index, name in enumerate(names)},
+        )
+
+    return trained_teacher(
+        teacher_path,
+        ("ForSequenceClassification",),
+        load=lambda path: labelled_teacher(path, names),
+        finetune=finetune,
+        retrain=teacher_args.finetune_teacher,
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 import datasets
-from transformers import AutoConfig, AutoTokenizer, EncoderDecoderModel, set_seed
+from transformers import AutoTokenizer, EncoderDecoderModel, set_seed
 
 from nlpkd import Seq2SeqDistillationArguments, Seq2SeqDistillationTrainer
 from nlpkd.cli import parse_recipe_args
@@ -30,13 +30,13 @@ from nlpkd.pipeline import (
     dataset_card,
     distil_and_train_baseline,
     distillation_settings,
-    finetune_teacher_once,
     publish_student,
     report_results,
 )
 from nlpkd.pseudo_targets import teacher_translations
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import count_parameters, generation_timer, measure_speed, median_length_text, model_size_mb
+from nlpkd.teacher_stage import finetune_teacher_once, trained_teacher
 from nlpkd.translation import (
     Seq2SeqCollator,
     build_encoder_decoder,
@@ -311,23 +311,34 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def is_seq2seq(model_name_or_path: str) -> bool:
-    architectures = AutoConfig.from_pretrained(model_name_or_path).architectures or []
-    return any(name.endswith(SEQ2SEQ_ARCHITECTURES) for name in architectures)
-
-
 def prepare_teacher(data_args, teacher_args, args, pairs):
-    """The teacher and its (source, target) tokenizers: a seq2seq checkpoint as it is, or a new encoder-decoder
-    around the checkpoint's encoder, trained once on the training pairs and cached."""
+    """Stage 1 (`nlpkd.teacher_stage`): the teacher and its (source, target) tokenizers. A translation (seq2seq)
+    checkpoint is used as it is; any other becomes the encoder of a new encoder-decoder, trained once on the training
+    pairs and kept. There is no --finetune_teacher here: the recipe trains no existing translation model."""
+    return trained_teacher(
+        teacher_args.teacher_path,
+        SEQ2SEQ_ARCHITECTURES,
+        load=lambda teacher_path: translation_model(data_args, pairs, teacher_path),
+        finetune=lambda: new_encoder_decoder(data_args, teacher_args, args, pairs),
+    )
+
+
+def translation_model(data_args, pairs, teacher_path: str):
+    """A seq2seq checkpoint as it is, with its own tokenizer on both sides, checked against the languages and the
+    training sources."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    check_languages(teacher_path, tokenizer, source=data_args.source_lang, target=data_args.target_lang)
+    check_coverage(tokenizer, pairs["train"]["source"][:200], "source")
+    return AutoModelForSeq2SeqLM.from_pretrained(teacher_path), tokenizer, tokenizer
+
+
+def new_encoder_decoder(data_args, teacher_args, args, pairs):
+    """The checkpoint's encoder with a new decoder writing a SentencePiece vocabulary trained on the targets; the
+    decoder is trained first (the encoder frozen), then, with teacher_encoder_epochs, the whole teacher. Each stage is
+    trained once and kept under teacher_cache_dir."""
     teacher_path = teacher_args.teacher_path
-    if is_seq2seq(teacher_path):
-        from transformers import AutoModelForSeq2SeqLM
-
-        tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-        check_languages(teacher_path, tokenizer, source=data_args.source_lang, target=data_args.target_lang)
-        check_coverage(tokenizer, pairs["train"]["source"][:200], "source")
-        return AutoModelForSeq2SeqLM.from_pretrained(teacher_path), tokenizer, tokenizer
-
     source_tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     check_coverage(source_tokenizer, pairs["train"]["source"][:200], "source")
     with args.main_process_first(desc="training the target tokenizer"):  # trained once, by the main process

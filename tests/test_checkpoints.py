@@ -10,8 +10,8 @@ from conftest import PadCollator, crash_while_saving_at, make_classification_dat
 from transformers import BertForSequenceClassification, Trainer, TrainingArguments
 
 from nlpkd.checkpoints import incomplete_reason, last_complete_checkpoint, resolve_resume, save_whole
-from nlpkd.pipeline import finetune_teacher_once
 from nlpkd.recipe_args import TeacherArguments
+from nlpkd.teacher_stage import finetune_teacher_once
 
 
 def _checkpoint(folder, step: int, state: str | None = "{}", weights: bool = True):
