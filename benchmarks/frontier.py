@@ -16,18 +16,15 @@ that round's teacher / student ratio. Target: a student at least 5x faster (batc
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from nlpkd import report
-
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "text_classification.py"
+from nlpkd.recipes import text_classification as recipe
 
 # name -> (layers, width, heads, FFN width). Students whose head count is not the teacher's 12 learn the
 # head-averaged attention distributions (attention_loss "kl") instead of TinyBERT's per-head score MSE.
@@ -42,13 +39,6 @@ TEACHER_HEADS = 12
 LOSS_WEIGHTS = {
     "2L-128H": {"hidden_weight": 0.0, "attention_weight": 0.0},
 }
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("text_classification_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def recipe_flags(shape: str, seed: int, epochs: float, output_dir: str) -> list[str]:
@@ -150,7 +140,6 @@ def main() -> None:
     parser.add_argument("--speed_rounds", type=int, default=15, help="Turns of the teacher and students' timing.")
     options, extra_flags = parser.parse_known_args()
     extra_flags = [flag for flag in extra_flags if flag != "--"]
-    recipe = load_recipe()
     runs = {name: [] for name in options.students}
     for name in options.students:
         for seed in options.seeds:

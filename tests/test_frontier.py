@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from nlpkd.assets import minilm_path
+from nlpkd.recipes import text_classification
 
 FRONTIER = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier.py"
 
@@ -21,7 +22,7 @@ def frontier():
 
 def parse(frontier, shape: str, tmp_path):
     flags = frontier.recipe_flags(shape, seed=3, epochs=5, output_dir=str(tmp_path / shape))
-    *_, student_args, _, args = frontier.load_recipe().parse_args(flags)
+    *_, student_args, _, args = text_classification.parse_args(flags)
     return student_args, args
 
 
@@ -34,12 +35,11 @@ def test_the_narrow_two_head_student_learns_from_the_logits_alone(frontier, tmp_
 
 
 def test_the_four_layer_students_keep_the_recipes_loss_set(frontier, tmp_path):
-    recipe = frontier.load_recipe()
     for shape in ("4L-312H", "4L-192H"):
         student_args, args = parse(frontier, shape, tmp_path)
         assert student_args.student_num_layers == 4
-        assert args.hidden_weight == recipe.DEFAULTS["hidden_weight"] > 0
-        assert args.attention_weight == recipe.DEFAULTS["attention_weight"] > 0
+        assert args.hidden_weight == text_classification.DEFAULTS["hidden_weight"] > 0
+        assert args.attention_weight == text_classification.DEFAULTS["attention_weight"] > 0
 
 
 def write_run(path: Path, accuracy: float, hidden_weight: float) -> Path:
@@ -106,7 +106,7 @@ def test_the_table_names_the_shapes_that_meet_the_target(frontier):
 
 
 def test_the_speed_stage_reads_the_runs_teacher_and_length_limit_from_the_extra_flags(frontier, tmp_path):
-    parse_args = frontier.load_recipe().parse_args
+    parse_args = text_classification.parse_args
     data_args, teacher_args, *_ = parse_args([])
     assert teacher_args.teacher_path == minilm_path()  # the packaged teacher by default
     data_args, teacher_args, *_ = parse_args(["--teacher_model_name_or_path", str(tmp_path), "--max_seq_length", "64"])

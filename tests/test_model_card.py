@@ -14,8 +14,7 @@ from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 # The classification recipe's own tests make its tiny teacher and data.
-from test_recipe_text_classification import load_recipe, recipe_flags, reviews_csv, tiny_teacher_dir  # noqa: F401
-from test_translation import load_recipe as load_translation_recipe
+from test_recipe_text_classification import recipe_flags, reviews_csv, tiny_teacher_dir  # noqa: F401
 from test_translation import marian_dir, pairs_tsv  # noqa: F401
 from test_translation import recipe_flags as translation_flags
 from transformers import BertForSequenceClassification, BertTokenizerFast
@@ -26,6 +25,7 @@ from nlpkd.distillation_model import PROJECTIONS_NAME
 from nlpkd.hub import HubPushError, hub_files
 from nlpkd.model_card import CITATIONS, hardware, model_card, non_default_arguments, write_model_card
 from nlpkd.plots import plot_loss_curves, plot_quality_vs_latency
+from nlpkd.recipes import text_classification, translation
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 CLASSIFICATION_RESULTS = {
@@ -380,9 +380,8 @@ def test_classification_recipe_publishes_the_student_alone_with_its_card(
     tmp_path,
     hub,
 ):
-    recipe = load_recipe()
     flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--logging_steps", "1", "--push_to_hub", "true")
-    results = recipe.main([*flags, "--hub_model_id", "someone/tiny-student"])
+    results = text_classification.main([*flags, "--hub_model_id", "someone/tiny-student"])
 
     output_dir = str(tmp_path / "out")
     assert {(upload.repo_id, upload.folder) for upload in hub.uploads} == {("someone/tiny-student", output_dir)}
@@ -403,7 +402,7 @@ def test_translation_recipe_publishes_the_student_with_both_tokenizers(
     hub,
 ):
     flags = translation_flags(marian_dir, pairs_tsv, tmp_path, "--logging_steps", "1", "--push_to_hub", "true")
-    results = load_translation_recipe().main([*flags, "--hub_model_id", "someone/tiny-translator"])
+    results = translation.main([*flags, "--hub_model_id", "someone/tiny-translator"])
 
     final = hub.uploads[-1]
     assert final.repo_id == "someone/tiny-translator" and len(hub.uploads) == 1  # save_strategy no: one push

@@ -1,8 +1,7 @@
 """The recipes' shared argument checks: a length argument against the position limits of the models reading it, and
 the sample limits."""
 
-import importlib.util
-from pathlib import Path
+import importlib
 from types import SimpleNamespace
 
 import pytest
@@ -78,10 +77,7 @@ def test_a_model_with_relative_positions_sets_no_limit(tmp_path):
 def test_every_recipe_refuses_a_sample_limit_of_zero_before_any_stage(recipe, tmp_path):
     # A limit of 0 left an empty split that failed inside datasets ("Invalid key: 0 is out of bounds for size 0"),
     # in the translation recipe only after its teacher stage.
-    script = Path(__file__).resolve().parents[1] / "recipes" / f"{recipe}.py"
-    spec = importlib.util.spec_from_file_location(f"{recipe}_recipe", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"nlpkd.recipes.{recipe}")
     with pytest.raises(ValueError, match=r"max_train_samples must be >= 1, got 0: leave it unset to use every row\."):
         module.main(["--max_train_samples", "0", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()

@@ -1,7 +1,6 @@
 """Smoke runs of recipes/language_modeling.py on a tiny BERT body teacher and a small local .txt corpus."""
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -25,18 +24,14 @@ from transformers import (
 )
 
 import nlpkd.pipeline
+import nlpkd.teacher_stage
 from nlpkd import report
+from nlpkd.recipes import language_modeling as recipe
+from nlpkd.recipes import text_classification
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 WORDS = ["good", "great", "fine", "fun", "bad", "awful", "dull", "poor", "movie", "film", "the", "was", "a"]
 MODEL_KEYS = ("params", "size_mb", "latency_ms_b1", "throughput_b32")
-
-
-def load_recipe(name: str = "language_modeling"):
-    spec = importlib.util.spec_from_file_location(f"{name}_recipe", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +135,6 @@ def test_mlm_distils_a_masked_lm_and_reuses_the_fine_tuned_teacher(
     teacher_dir, corpus_file, tmp_path, monkeypatch, capsys, caplog
 ):
     caplog.set_level(logging.INFO, logger="nlpkd.progress")
-    recipe = load_recipe()
     flags = lm_flags(teacher_dir, corpus_file, tmp_path, "mlm")
     saved = read_results(tmp_path / "out", recipe.main([*flags, "--disable_tqdm", "true"]))  # quiet
     check_lm_results(saved, "mlm")
@@ -158,7 +152,7 @@ def test_mlm_distils_a_masked_lm_and_reuses_the_fine_tuned_teacher(
     assert len(cached) == 1
     assert AutoConfig.from_pretrained(cached[0]).architectures == ["BertForMaskedLM"]
     before = cached_teachers(cache_dir)
-    monkeypatch.setattr(nlpkd.pipeline, "Trainer", NoTeacherTraining)
+    monkeypatch.setattr(nlpkd.teacher_stage, "Trainer", NoTeacherTraining)
     assert recipe_progress(caplog) == ([], [])  # quiet
     again = read_results(tmp_path / "out", recipe.main([*flags, "--no_baseline", "true"]))
     speed, stages = recipe_progress(caplog)
@@ -174,7 +168,7 @@ def test_mlm_distils_a_masked_lm_and_reuses_the_fine_tuned_teacher(
 
 
 def test_clm_turns_the_body_into_a_causal_lm_and_distils_it(teacher_dir, corpus_file, tmp_path):
-    saved = read_results(tmp_path / "out", load_recipe().main(lm_flags(teacher_dir, corpus_file, tmp_path, "clm")))
+    saved = read_results(tmp_path / "out", recipe.main(lm_flags(teacher_dir, corpus_file, tmp_path, "clm")))
     check_lm_results(saved, "clm")
     for folder in (tmp_path / "out", tmp_path / "out" / "baseline"):
         model = AutoModelForCausalLM.from_pretrained(folder)
@@ -214,7 +208,7 @@ def test_general_distils_a_body_that_initialises_the_classification_student(
 ):
     # --logging_steps 1: every step logs its component losses, so the train_* entries are checked too.
     flags = lm_flags(teacher_dir, corpus_file, tmp_path, "general", "--logging_steps", "1")
-    saved = read_results(tmp_path / "out", load_recipe().main(flags))
+    saved = read_results(tmp_path / "out", recipe.main(flags))
     check_cost_entries(saved, ("teacher", "student"))
     assert "baseline" not in saved
     assert not any("perplexity" in saved[name] for name in ("teacher", "student"))
@@ -235,7 +229,6 @@ def test_general_distils_a_body_that_initialises_the_classification_student(
             assert torch.equal(value, body_state[name]), name
 
     # The classification recipe's student starts from the general body.
-    text_classification = load_recipe("text_classification")
     built = {}
 
     def spy_build_student(*args, **kwargs):
@@ -253,18 +246,17 @@ def test_general_distils_a_body_that_initialises_the_classification_student(
 
 
 def test_general_reports_training_losses_of_a_run_shorter_than_logging_steps(teacher_dir, corpus_file, tmp_path):
-    results = load_recipe().main(lm_flags(teacher_dir, corpus_file, tmp_path, "general"))
+    results = recipe.main(lm_flags(teacher_dir, corpus_file, tmp_path, "general"))
     assert math.isfinite(results["general"]["hidden_loss"])
 
 
 def test_general_runs_without_the_attention_loss(teacher_dir, corpus_file, tmp_path):
     flags = lm_flags(teacher_dir, corpus_file, tmp_path, "general", "--logging_steps", "1", "--attention_weight", "0")
-    results = load_recipe().main(flags)
+    results = recipe.main(flags)
     assert math.isfinite(results["general"]["hidden_loss"])
 
 
 def test_other_training_blocks_get_another_fine_tuned_teacher(teacher_dir, corpus_file, tmp_path):
-    recipe = load_recipe()
     for samples in ("64", "16"):  # the 16 blocks are the first 16 of the 64: the same first 5
         flags = lm_flags(teacher_dir, corpus_file, tmp_path, "mlm", "--no_baseline", "true")
         flags[flags.index("--max_train_samples") + 1] = samples
@@ -273,7 +265,6 @@ def test_other_training_blocks_get_another_fine_tuned_teacher(teacher_dir, corpu
 
 
 def test_objective_picks_its_defaults():
-    recipe = load_recipe()
     data_args, _, _, args = recipe.parse_args([])
     assert data_args.objective == "mlm"
     assert (args.hard_label_weight, args.logit_weight, args.hidden_weight, args.attention_weight) == (0.5, 0.5, 0, 0)
@@ -294,7 +285,6 @@ def test_objective_picks_its_defaults():
 
 
 def test_flags_override_the_objective_defaults():
-    recipe = load_recipe()
     flags = ["--objective", "general", "--hidden_weight", "2", "--max_train_samples", "10", "--output_dir", "here"]
     data_args, _, _, args = recipe.parse_args(flags)
     assert (args.hard_label_weight, args.logit_weight, args.hidden_weight) == (0, 0, 2)
@@ -306,14 +296,13 @@ def test_flags_override_the_objective_defaults():
 def test_a_config_file_chooses_the_objective_defaults(tmp_path):
     config = tmp_path / "general.yaml"
     config.write_text("objective: general\nattention_weight: 3\nblock_size: 64\n")
-    data_args, _, _, args = load_recipe().parse_args([str(config)])
+    data_args, _, _, args = recipe.parse_args([str(config)])
     assert data_args.objective == "general" and data_args.block_size == 64
     assert (args.hard_label_weight, args.logit_weight, args.hidden_weight, args.attention_weight) == (0, 0, 1, 3)
     assert args.output_dir == os.path.join("outputs", "language_modeling", "general")
 
 
 def test_an_unknown_objective_is_rejected(tmp_path):
-    recipe = load_recipe()
     with pytest.raises(ValueError, match="objective must be one of .* got 'seq2seq'"):
         recipe.parse_args(["--objective", "seq2seq"])
     config = tmp_path / "config.yaml"
@@ -324,8 +313,7 @@ def test_an_unknown_objective_is_rejected(tmp_path):
 
 @pytest.mark.parametrize("objective", ["mlm", "clm", "general"])
 def test_shipped_config_spells_out_the_default_run(objective):
-    recipe = load_recipe()
-    config = str(RECIPES / "configs" / f"language_modeling_{objective}.yaml")
+    config = str(CONFIGS / f"language_modeling_{objective}.yaml")
     from_config = recipe.parse_args([config])
     from_defaults = recipe.parse_args(["--objective", objective])
     for parsed_config, parsed_default in zip(from_config, from_defaults, strict=True):
@@ -345,6 +333,6 @@ def test_shipped_config_spells_out_the_default_run(objective):
 def test_bad_input_fails_before_training(teacher_dir, corpus_file, tmp_path, extra, message):
     flags = lm_flags(teacher_dir, corpus_file, tmp_path, "mlm", *extra)
     with pytest.raises(ValueError, match=message):
-        load_recipe().main(flags)
+        recipe.main(flags)
     assert not (tmp_path / "teachers").exists()
     assert not (tmp_path / "out").exists()

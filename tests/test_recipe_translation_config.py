@@ -1,28 +1,21 @@
 """The shipped translation config spells out exactly the recipe's default run."""
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "translation.py"
+from nlpkd.recipes import translation as recipe
 
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("translation_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs"
 
 
 def test_shipped_config_spells_out_the_default_run():
-    recipe = load_recipe()
     types = (
         recipe.TranslationDataArguments,
         recipe.TeacherArguments,
         recipe.StudentArguments,
         recipe.Seq2SeqDistillationArguments,
     )
-    config = str(RECIPE.parent / "configs" / "translation.yaml")
+    config = str(CONFIGS / "translation.yaml")
     from_config = recipe.parse_recipe_args(types, recipe.DEFAULTS, [config])
     from_defaults = recipe.parse_recipe_args(types, recipe.DEFAULTS, [])
     for parsed_config, parsed_default in zip(from_config, from_defaults, strict=True):

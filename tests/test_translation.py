@@ -5,7 +5,6 @@ pairs, a BERT body with a word-piece vocabulary, and a toy pair file under tmp_p
 """
 
 import copy
-import importlib.util
 import itertools
 import json
 import logging
@@ -35,6 +34,7 @@ from nlpkd import pseudo_targets, report, translation
 from nlpkd.fingerprint import teacher_digest
 from nlpkd.metrics import load_metric
 from nlpkd.pseudo_targets import _as_labels, teacher_translations
+from nlpkd.recipes import translation as recipe
 from nlpkd.translation import (
     LANGUAGES_FILE,
     Seq2SeqCollator,
@@ -49,7 +49,6 @@ from nlpkd.translation import (
     train_target_tokenizer,
 )
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "translation.py"
 NOUNS = {"cat": "gato", "dog": "perro", "man": "hombre", "boy": "niño", "bird": "pájaro"}
 VERBS = {"sees": "ve", "eats": "come", "likes": "quiere", "hears": "oye"}
 ADJECTIVES = {"": "", "big": "grande", "black": "negro"}
@@ -63,13 +62,6 @@ PAIRS = [  # 240 pairs: "the big cat sees the dog ." -> "el gato grande ve al pe
 SPANISH = [target for _, target in PAIRS]
 MODEL_KEYS = ("bleu", "bleu_ci", "chrf", "chrf_ci", "params", "size_mb", "latency_ms_b1")
 PAD, EOS, UNK = 0, 1, 2
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("translation_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_pairs(path: Path, rows: list[tuple[str, str]], columns=("en", "es")) -> str:
@@ -704,7 +696,6 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
     marian_dir, pairs_tsv, tmp_path, capsys, monkeypatch, caplog
 ):
     caplog.set_level(logging.INFO, logger="nlpkd.progress")
-    recipe = load_recipe()
     flags = recipe_flags(marian_dir, pairs_tsv, tmp_path)
     saved = read_results(tmp_path / "out", recipe.main([*flags, "--disable_tqdm", "true"]))  # quiet
     check_results(saved)
@@ -750,7 +741,6 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
 
 
 def test_recipe_builds_trains_and_caches_an_encoder_decoder_teacher(bert_dir, pairs_tsv, tmp_path, monkeypatch):
-    recipe = load_recipe()
     flags = recipe_flags(bert_dir, pairs_tsv, tmp_path, "--target_vocab_size", "60", "--teacher_decoder_layers", "1")
     saved = read_results(tmp_path / "out", recipe.main(flags))
     check_results(saved)
@@ -841,7 +831,7 @@ def same_encoder(encoder: dict, pretrained: dict) -> bool:
 
 def test_without_the_whole_teacher_stage_the_decoder_stage_is_the_teacher(bert_dir, pairs_tsv, tmp_path):
     flags = recipe_flags(bert_dir, pairs_tsv, tmp_path, "--target_vocab_size", "60", "--teacher_decoder_layers", "1")
-    load_recipe().main([*flags, "--teacher_encoder_epochs", "0", "--no_baseline", "true"])
+    recipe.main([*flags, "--teacher_encoder_epochs", "0", "--no_baseline", "true"])
     [teacher_dir] = teachers_in(tmp_path / "teachers")
     encoder = EncoderDecoderModel.from_pretrained(teacher_dir).encoder.state_dict()
     pretrained = BertModel.from_pretrained(bert_dir).state_dict()
@@ -852,7 +842,7 @@ def test_recipe_rejects_a_pair_file_without_the_target_column_before_training(ma
     path = write_pairs(tmp_path / "pairs.tsv", PAIRS[:40], columns=("en", "fr"))
     for teacher in (marian_dir, bert_dir):
         with pytest.raises(ValueError, match=r"pairs.tsv' has no column for \['es'\] \(columns: \['en', 'fr'\]\)"):
-            load_recipe().main(recipe_flags(teacher, path, tmp_path))
+            recipe.main(recipe_flags(teacher, path, tmp_path))
     for folder in ("teachers", "tokenizers", "pseudo_targets", "out"):
         assert not (tmp_path / folder).exists(), folder
 
@@ -863,6 +853,6 @@ def test_recipe_refuses_a_length_above_the_teachers_positions_before_training(
 ):
     flags = recipe_flags(bert_dir, pairs_tsv, tmp_path, f"--{length_field}", "65")  # the new decoder copies 64 too
     with pytest.raises(ValueError, match=rf"{length_field}=65 exceeds the teacher's max_position_embeddings=64"):
-        load_recipe().main(flags)
+        recipe.main(flags)
     for folder in ("teachers", "tokenizers", "pseudo_targets", "out"):
         assert not (tmp_path / folder).exists(), folder
