@@ -77,7 +77,8 @@ OBJECTIVE_DEFAULTS = {
     ),
 }
 AUTO_CLASSES = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM, "general": AutoModel}
-TRAINED_HEADS = {"mlm": ("ForMaskedLM",), "clm": ("ForCausalLM", "LMHeadModel"), "general": None}  # None: any body
+# The heads a checkpoint that already does the objective has; general distils the body alone, which any checkpoint has.
+TRAINED_HEADS = {"mlm": ("ForMaskedLM",), "clm": ("ForCausalLM", "LMHeadModel"), "general": None}
 
 
 @dataclass
@@ -272,7 +273,3 @@ def _causal_kwargs(teacher_path: str, objective: str) -> dict:
     if objective == "clm" and getattr(AutoConfig.from_pretrained(teacher_path), "is_decoder", None) is False:
         return {"is_decoder": True}
     return {}
-
-
-if __name__ == "__main__":
-    main()

@@ -224,7 +224,3 @@ def prepare_teacher(teacher_args, data: DatasetDict, tokenized: DatasetDict, tok
         finetune=finetune,
         retrain=teacher_args.finetune_teacher,
     )
-
-
-if __name__ == "__main__":
-    main()

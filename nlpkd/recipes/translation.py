@@ -424,7 +424,3 @@ def load_pairs(data_args, show_progress: bool = True):
         seed=data_args.split_seed,
         show_progress=show_progress,
     )
-
-
-if __name__ == "__main__":
-    main()
