@@ -53,6 +53,11 @@ class DistillationArguments(TrainingArguments):
             `nlpkd.teacher_cache`); training then reads them instead of running the teacher. Only for logit KD
             (`hidden_weight` and `attention_weight` 0, `logit_loss` `kl` or `soft_ce`), not for masked LMs (their
             masks change every epoch). None (the default) runs the teacher online.
+        teacher_weights (`list[float]`, *optional*):
+            With several teachers (`teacher_model=[t1, t2, ...]`), the weight of each (>= 0, normalised to sum 1;
+            default equal). Logit KD learns the weighted mixture of their tempered distributions,
+            KL(Σᵢ wᵢ·softmax(tᵢ/T) ‖ softmax(s/T))·T²; each teacher's hidden-state and attention terms are weighted
+            by its share.
         teacher_logits_top_k (`int`, *optional*, defaults to `64`):
             How many of the teacher's largest logits the cache keeps per position; the rest is one merged class
             (see `nlpkd.losses.sparse_logit_kd_loss`). At least the number of classes keeps every logit: exact KD.
@@ -94,6 +99,12 @@ class DistillationArguments(TrainingArguments):
         },
     )
 
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "With several teachers, each one's weight (>= 0), e.g. '2 1'; normalised to sum 1 (default equal)."
+        },
+    )
     teacher_logits_cache_dir: str | None = field(
         default=None,
         metadata={
@@ -141,6 +152,14 @@ class DistillationArguments(TrainingArguments):
                     f"layer_map must be a non-empty list of teacher layer numbers >= 1 (0 is the embeddings, which "
                     f"always map to each other), got {self.layer_map}."
                 )
+        if self.teacher_weights is not None:
+            weights = self.teacher_weights
+            if not weights or not all(type(w) in (int, float) and math.isfinite(w) and w >= 0 for w in weights):
+                raise ValueError(
+                    f"teacher_weights must be a non-empty list of finite numbers >= 0, one per teacher; got {weights}."
+                )
+            if sum(weights) == 0:
+                raise ValueError(f"teacher_weights are all 0 ({weights}): give at least one teacher a weight > 0.")
         if type(self.teacher_logits_top_k) is not int or self.teacher_logits_top_k < 1:
             raise ValueError(
                 f"teacher_logits_top_k must be an integer >= 1, got {self.teacher_logits_top_k!r}; 64 keeps almost "
@@ -247,6 +266,19 @@ class Seq2SeqDistillationArguments(DistillationArguments, Seq2SeqTrainingArgumen
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}; set it to 0 to switch those terms off.")
+
+
+def normalised_teacher_weights(weights: list[float] | None, count: int) -> list[float]:
+    """`teacher_weights` divided by their sum (equal weights when None), checked against the number of teachers."""
+    if weights is None:
+        return [1.0 / count] * count if count > 1 else [1.0]
+    if len(weights) != count:
+        raise ValueError(
+            f"teacher_weights={weights} has {len(weights)} entries, but teacher_model has {count} teacher(s): give "
+            "one weight per teacher, in teacher_model's order."
+        )
+    total = sum(weights)
+    return [weight / total for weight in weights]
 
 
 def check_finite(args) -> None:

@@ -4,6 +4,8 @@ Every loss upcasts to fp32, ignores masked positions, and clamps its denominator
 position gives 0 rather than NaN.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +49,37 @@ def logit_kd_loss(
     else:
         raise ValueError(f"kind must be one of 'kl', 'soft_ce', 'mse', got {kind!r}.")
     return _masked_mean(per_position, None) * temperature**2
+
+
+def teacher_mixture_logits(
+    teacher_logits: list[torch.Tensor], weights: list[float], temperature: float = 1.0, kind: str = "kl"
+) -> torch.Tensor:
+    """Logits that stand for several teachers in `logit_kd_loss`.
+
+    For `kl` and `soft_ce`: z = T·log Σᵢ wᵢ·softmax(tᵢ/T), whose tempered softmax softmax(z/T) is the weighted
+    mixture of the teachers' tempered distributions, so `logit_kd_loss(s, z, T, kind)` = KL(Σᵢ wᵢ·softmax(tᵢ/T) ‖
+    softmax(s/T))·T². For `mse`: the weighted mean Σᵢ wᵢ·tᵢ, whose squared distance to the student differs from
+    Σᵢ wᵢ·‖s − tᵢ‖² by a constant (the same gradients).
+
+    Args:
+        teacher_logits: one (..., C) tensor per teacher, all of one shape.
+        weights: one weight >= 0 per teacher, summing to 1; a teacher of weight 0 is left out.
+        temperature: the softmax temperature T of the loss.
+        kind: the `logit_kd_loss` kind the logits are for.
+    Returns (..., C) fp32 logits; a single teacher's logits come back unchanged.
+    """
+    if len(teacher_logits) != len(weights):
+        raise ValueError(f"{len(teacher_logits)} teachers' logits but {len(weights)} weights.")
+    if len(teacher_logits) == 1:
+        return teacher_logits[0]
+    weighted = [(weight, logits.float()) for weight, logits in zip(weights, teacher_logits, strict=True) if weight > 0]
+    if kind == "mse":
+        return sum(weight * logits for weight, logits in weighted)
+    log_mixture = torch.logsumexp(
+        torch.stack([F.log_softmax(logits / temperature, dim=-1) + math.log(weight) for weight, logits in weighted]),
+        dim=0,
+    )
+    return temperature * log_mixture
 
 
 def sparse_logit_kd_loss(

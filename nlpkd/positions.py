@@ -18,8 +18,6 @@ from transformers.models.auto.modeling_auto import (
 from .losses import pair_mask
 
 IGNORE_INDEX = -100
-# Which count normalises which loss (attention_loss: "pairs" for score MSE, "tokens" for the per-row KL).
-COUNT_OF_LOSS = {"hard_loss": "labels", "logit_loss": "logits", "hidden_loss": "tokens"}
 
 
 def _class_names(mapping) -> set[str]:
@@ -78,6 +76,51 @@ def logit_mask(inputs: dict, level: str) -> torch.Tensor | None:
     return None if mask is None else mask.bool()
 
 
+def aligned_logits(logits: torch.Tensor, level: str) -> torch.Tensor:
+    """The logits that carry a prediction: for `causal`, logits[:, :-1] (position i predicts token i+1, so the last
+    position predicts nothing); otherwise all of them."""
+    return logits[:, :-1] if level == "causal" else logits
+
+
+def aligned_labels(labels: torch.Tensor, level: str) -> torch.Tensor:
+    """The labels `aligned_logits` predict: for `causal`, labels[:, 1:]; otherwise the labels."""
+    return labels[:, 1:] if level == "causal" else labels
+
+
+def distilled_mask(inputs: dict, logits: torch.Tensor, level: str) -> torch.Tensor | None:
+    """`logit_mask` of the batch, checked against the (B, T) positions of the aligned `logits` (B, T, C);
+    None = every position."""
+    mask = logit_mask(inputs, level)
+    if mask is not None and mask.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"Cannot line up logits {tuple(logits.shape)} with labels/mask {tuple(mask.shape)} ({level}-level logits)."
+        )
+    return mask
+
+
+def distilled_logits(inputs: dict, logits: torch.Tensor, level: str) -> torch.Tensor:
+    """The model's logits at the positions logit KD counts: (B, C) for `sequence`; else (N, C) in row order, then
+    position order — or the aligned (B, T, C) logits themselves when every position counts (no copy: (B, T, V)
+    logits are hundreds of MB)."""
+    logits = aligned_logits(logits, level)
+    mask = None if level == "sequence" else distilled_mask(inputs, logits, level)
+    if mask is None or bool(mask.all()):
+        return logits
+    return logits[mask]
+
+
+def distilled_rows(inputs: dict, logits: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits at the positions logit KD counts, flattened row by row into (N, C), and how many
+    positions each row has (B,): the layout of the teacher cache."""
+    logits = aligned_logits(logits, level)
+    if level == "sequence":
+        return logits, torch.ones(logits.shape[0], dtype=torch.long, device=logits.device)
+    mask = distilled_mask(inputs, logits, level)
+    if mask is None:
+        mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+    return logits[mask], mask.sum(1)
+
+
 def side_mask(inputs: dict, side: str) -> torch.Tensor | None:
     """(B, T) mask of the real positions of the `source` (the input_ids; of a seq2seq model, its encoder) or the
     `target` (a seq2seq decoder's inputs: the positions with a label, else `decoder_attention_mask`); None = all.
@@ -110,8 +153,7 @@ def batch_counts(inputs: dict, level: str, causal_attention: bool, seq2seq: bool
     if labels is None:
         counts["labels"] = torch.tensor(0, device=device)
     else:
-        counted = labels[..., 1:] if level == "causal" else labels
-        counts["labels"] = (counted != IGNORE_INDEX).sum()
+        counts["labels"] = (aligned_labels(labels, level) != IGNORE_INDEX).sum()
     logits = logit_mask(inputs, level)
     if logits is not None:
         counts["logits"] = logits.sum()

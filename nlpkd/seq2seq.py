@@ -4,7 +4,7 @@ from transformers import PreTrainedModel, Seq2SeqTrainer
 
 from .preflight import check_seq2seq_pair
 from .publishing import PublishingMixin
-from .terms import HiddenTerm, seq2seq_terms, stack_width
+from .terms import HiddenTerm, TeacherShare, seq2seq_terms, stack_width
 from .trainer import DistillationMixin
 
 
@@ -27,8 +27,8 @@ class Seq2SeqDistillationTrainer(PublishingMixin, DistillationMixin, Seq2SeqTrai
     def _check_pair(self, teacher: PreTrainedModel, student: PreTrainedModel, args) -> dict[str, list[int]]:
         return check_seq2seq_pair(teacher, student, args)
 
-    def _layer_terms(self, student, teacher, args):
-        return seq2seq_terms(student, teacher, self.layer_map, args)
+    def _layer_terms(self, student, teacher, layer_map, args, share: TeacherShare):
+        return seq2seq_terms(student, teacher, layer_map, args, share)
 
     def _width(self, model: PreTrainedModel, term: HiddenTerm) -> int:
         return stack_width(model, term.outputs.split("_", 1)[0])

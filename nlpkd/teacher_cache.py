@@ -2,7 +2,10 @@
 
 `load_or_build_teacher_cache` keys a cache by a fingerprint of the teacher (its class, config and every tensor of
 its state dict), of the data (every value of every column the teacher's batches are made from, in order) and of the
-settings (k, the logit level, the collator class). The temperature is not part of the key: the loss applies it.
+settings (k, the logit level, the collator class). The temperature is not part of a single teacher's key: the loss
+applies it. Several teachers are cached as the one teacher that stands for them in logit KD (see
+`nlpkd.losses.teacher_mixture_logits`: T·log of the weighted mixture of their tempered distributions), so their key
+holds every teacher's fingerprint, the weights and the temperature.
 A change of any part gives a new key, so a new folder `<cache_dir>/<key>/` is built; the old one stays for runs
 that still use it. A folder is written under a temporary name and renamed when complete, so a folder with the key's
 name is either whole or damaged from outside — and a damaged one is an error, never used and never rebuilt silently.
@@ -29,7 +32,8 @@ from datasets.table import InMemoryTable
 from transformers import PreTrainedModel
 
 from .fingerprint import data_digest, file_digest, teacher_digest
-from .positions import logit_mask
+from .losses import teacher_mixture_logits
+from .positions import distilled_rows
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -67,20 +71,37 @@ class TeacherCache:
 
 
 @torch.no_grad()
-def _teacher_top_k(teacher, batch: dict, level: str, top_k: int, label_names: list[str]) -> dict[str, np.ndarray]:
-    """The teacher's top-k at the distilled positions of one batch, computed in fp32 and rounded to float16."""
+@dataclass(frozen=True)
+class CachedTeachers:
+    """The teacher(s) a cache is made of: one model, or several mixed with `weights` at `temperature`."""
+
+    models: list[PreTrainedModel]
+    weights: list[float]
+    temperature: float
+
+    @torch.no_grad()
+    def logits(self, features: dict) -> torch.Tensor:
+        """fp32 logits of one batch: the single teacher's, or the logits that stand for the mixture."""
+        logits = [model(**features).logits.float() for model in self.models]
+        return teacher_mixture_logits(logits, self.weights, self.temperature, "kl")
+
+
+def as_cached_teachers(
+    teacher: PreTrainedModel | list[PreTrainedModel], weights: list[float] | None, temperature: float
+) -> CachedTeachers:
+    models = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    weights = [1.0 / len(models)] * len(models) if weights is None else list(weights)
+    return CachedTeachers(models, weights, temperature)
+
+
+@torch.no_grad()
+def _teacher_top_k(
+    teachers: CachedTeachers, batch: dict, level: str, top_k: int, label_names: list[str]
+) -> dict[str, np.ndarray]:
+    """The teachers' top-k at the distilled positions of one batch, computed in fp32 and rounded to float16."""
     features = {name: value for name, value in batch.items() if name not in label_names}
-    logits = teacher(**features).logits.float()
-    if level == "causal":  # logits at i predict token i+1: the last position predicts nothing
-        logits = logits[:, :-1]
-    if level == "sequence":
-        counts = torch.ones(logits.shape[0], dtype=torch.long)
-    else:
-        mask = logit_mask(batch, level)
-        if mask is None:
-            mask = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
-        counts = mask.sum(1)
-        logits = logits[mask]  # (N, C), row-major: the order in which the trainer selects the student's logits
+    # (N, C), row-major: the order in which the cached-logits term selects the student's logits.
+    logits, counts = distilled_rows(batch, teachers.logits(features), level)
     values, indices = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
     rest = logits.scatter(-1, indices, float("-inf")).logsumexp(-1)  # -inf when the top-k is every class
     return {
@@ -99,7 +120,7 @@ def _list_array(flat: np.ndarray, counts: np.ndarray) -> pa.LargeListArray:
 
 def build_teacher_cache(
     path: str,
-    teacher: PreTrainedModel,
+    teachers: CachedTeachers,
     dataset: datasets.Dataset,
     collator,
     level: str,
@@ -109,12 +130,12 @@ def build_teacher_cache(
     metadata: dict | None = None,
     show_progress: bool = True,
 ) -> None:
-    """Run `teacher` (on its device, in eval mode) over `dataset` in order, batched by `collator`, and save each
+    """Run the `teachers` (on their device, in eval mode) over `dataset` in order, batched by `collator`, and save each
     example's top-k logits to `path` (layout: the module docstring) with `metadata` and the files' checksums; with
     `show_progress`, log the rows done and the time left (`nlpkd.progress`)."""
     if len(dataset) == 0:
         raise ValueError("The training set is empty: there is nothing to cache the teacher's logits of.")
-    device = next(teacher.parameters()).device
+    device = next(teachers.models[0].parameters()).device
     parts = []
     progress = Progress("teacher logits cache", len(dataset), "rows", show_progress)
     # Batched by hand rather than by a DataLoader, which draws a seed from the global RNG: building the cache must
@@ -123,7 +144,7 @@ def build_teacher_cache(
         columns = dataset[start : start + batch_size]
         batch = collator([dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)])
         batch = {name: value.to(device) for name, value in batch.items() if isinstance(value, torch.Tensor)}
-        parts.append(_teacher_top_k(teacher, batch, level, top_k, label_names))
+        parts.append(_teacher_top_k(teachers, batch, level, top_k, label_names))
         progress.update(min(batch_size, len(dataset) - start))
     num_classes = parts[0]["num_classes"]
     stored_k = parts[0]["values"].shape[-1]
@@ -198,7 +219,7 @@ def load_teacher_cache(path: str, key: str, num_rows: int) -> TeacherCache:
 
 def load_or_build_teacher_cache(
     cache_dir: str,
-    teacher: PreTrainedModel,
+    teacher: PreTrainedModel | list[PreTrainedModel],
     dataset: datasets.Dataset,
     collator,
     level: str,
@@ -206,13 +227,25 @@ def load_or_build_teacher_cache(
     label_names: list[str],
     batch_size: int = 32,
     show_progress: bool = True,
+    teacher_weights: list[float] | None = None,
+    temperature: float = 1.0,
 ) -> TeacherCache:
     """The cache of `teacher`'s top-k logits over `dataset` (as `collator` batches it) under `cache_dir`: loaded
     when one with the same fingerprint exists, else built first (logging its progress with `show_progress`).
-    `dataset` holds only what the collator reads."""
+    `dataset` holds only what the collator reads. `teacher` may be a list of teachers, mixed with `teacher_weights`
+    (summing to 1; default equal) at `temperature` (see the module docstring)."""
+    teachers = as_cached_teachers(teacher, teacher_weights, temperature)
+    if len(teachers.models) == 1:  # the key of caches written before several teachers could be cached
+        teacher_key = {"teacher": teacher_digest(teachers.models[0])}
+    else:
+        teacher_key = {
+            "teachers": [teacher_digest(model) for model in teachers.models],
+            "teacher_weights": teachers.weights,
+            "temperature": temperature,
+        }
     parts = {
         "format": FORMAT_VERSION,
-        "teacher": teacher_digest(teacher),
+        **teacher_key,
         "data": data_digest(dataset),
         "settings": {
             "top_k": top_k,
@@ -227,7 +260,7 @@ def load_or_build_teacher_cache(
         os.makedirs(cache_dir, exist_ok=True)
         build_teacher_cache(
             path,
-            teacher,
+            teachers,
             dataset,
             collator,
             level,

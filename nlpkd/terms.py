@@ -1,22 +1,161 @@
-"""Layer-wise distillation terms: which student hidden states and attention maps learn from which of the teacher's,
-over which positions, normalised by which count, with which weight.
+"""Distillation loss terms: each loss in the total is one term object, and the trainer only runs what the enabled
+terms need and sums weight × loss × scale over them (see `DistillationMixin.compute_loss`).
+
+A term has
+- `name`: its log key (`hard_loss`, `logit_loss`, `hidden_loss`, `encoder_attention_loss`, ...),
+- `weight`: its weight in the total: its argument field (`hard_label_weight`, `logit_weight`, `hidden_weight`,
+  `attention_weight`) times its share (a seq2seq stack's weight, a teacher's `teacher_weights` entry),
+- `count`: the `positions.batch_counts` key that normalises it over an optimizer step,
+- `loss(view)`: a pure function of one `BatchView`, the batch's mean over the positions it counts.
+What a term asks of the forward passes is read off its type: `HiddenTerm` needs the student's projected hidden
+states and its teacher's hidden states, `AttentionTerm` records attention scores through its captures, and every
+term with a `teacher` index needs that teacher run.
+
+A new loss is one term class here (or a new instance of one), its weight field in `DistillationArguments`, and the
+line that adds it in `output_terms` or the trainer's `_layer_terms`; nothing else in the trainer changes.
 
 An encoder-only or decoder-only model has one stack: `hidden_loss` and `attention_loss`. A seq2seq model has three:
 the encoder (`encoder_hidden_loss`, `encoder_attention_loss`), the decoder (`decoder_hidden_loss`,
 `decoder_attention_loss`, causal) and the decoder's cross-attention (`cross_attention_loss`: decoder queries against
-encoder keys), each with its own layer map.
+encoder keys), each with its own layer map. With several teachers, each layer-wise term exists once per teacher and
+its name ends in `_teacher{i}` (i = the teacher's place in `teacher_model`, from 0).
 """
 
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from .capture import AttentionCapture, stack_layer_list
-from .losses import attention_kl_loss, attention_scores_mse_loss, hidden_mse_loss
-from .positions import side_mask
+from .losses import (
+    attention_kl_loss,
+    attention_scores_mse_loss,
+    hidden_mse_loss,
+    logit_kd_loss,
+    sparse_logit_kd_loss,
+    teacher_mixture_logits,
+)
+from .positions import IGNORE_INDEX, distilled_logits, distilled_rows, side_mask
+from .teacher_cache import CACHE_ROW, TeacherCache
 
 ATTENTION_LOSSES = {"mse": attention_scores_mse_loss, "kl": attention_kl_loss}
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """What the terms read of one batch."""
+
+    inputs: dict  # the batch as the trainer prepared it: features, labels, masks, teacher-cache rows
+    student: ModelOutput  # the student's outputs
+    projected: dict[str, tuple[torch.Tensor, ...]]  # hidden term name -> student states at its teacher's width
+    teachers: tuple[ModelOutput | None, ...]  # each teacher's outputs (None: not run, e.g. with the cache)
+
+
+# ---- the prediction layer: hard labels and logits ----
+
+
+@dataclass(frozen=True)
+class HardTerm:
+    """The student's own task loss on the labels (its model's `loss` output)."""
+
+    weight: float
+    level: str  # positions.logit_level of the student
+    label_names: tuple[str, ...]
+    name: str = "hard_loss"
+    count: str = "labels"
+
+    def loss(self, view: BatchView) -> torch.Tensor:
+        outputs = view.student
+        if outputs.loss is None:
+            raise ValueError(
+                f"hard_label_weight={self.weight} but the student returned no loss: the batch has no "
+                f"{list(self.label_names)}. Add labels to the dataset, or set hard_label_weight=0."
+            )
+        # A micro-batch whose labels are all ignored gives NaN from a mean loss; it holds no label to learn.
+        no_labels = self.level != "sequence" and not bool((view.inputs["labels"] != IGNORE_INDEX).any())
+        return outputs.logits.sum() * 0.0 if no_labels else outputs.loss
+
+
+@dataclass(frozen=True)
+class LogitTerm:
+    """Logit KD (Hinton et al.) against the teachers run online, over the positions that carry a prediction (see
+    `positions.distilled_logits`): KL(Σᵢ wᵢ·softmax(tᵢ/T) ‖ softmax(s/T))·T² for `kl` (one teacher: w = 1), see
+    `losses.teacher_mixture_logits` for `soft_ce` and `mse`."""
+
+    weight: float
+    level: str
+    temperature: float
+    kind: str  # logit_loss
+    teachers: tuple[int, ...]  # the teachers of weight > 0
+    teacher_weights: tuple[float, ...]  # theirs, summing to 1
+    name: str = "logit_loss"
+    count: str = "logits"
+
+    def loss(self, view: BatchView) -> torch.Tensor:
+        student = distilled_logits(view.inputs, view.student.logits, self.level)
+        teachers = [distilled_logits(view.inputs, view.teachers[i].logits, self.level) for i in self.teachers]
+        teacher = teacher_mixture_logits(teachers, list(self.teacher_weights), self.temperature, self.kind)
+        return logit_kd_loss(student, teacher, self.temperature, self.kind)
+
+
+@dataclass(frozen=True)
+class CachedLogitTerm:
+    """Logit KD against the teacher(s)' top-k logits cached for this batch's rows (`nlpkd.teacher_cache`), over the
+    same positions as `LogitTerm`; the teachers never run."""
+
+    weight: float
+    level: str
+    temperature: float
+    kind: str
+    cache: TeacherCache
+    name: str = "logit_loss"
+    count: str = "logits"
+
+    def loss(self, view: BatchView) -> torch.Tensor:
+        rows = view.inputs.get(CACHE_ROW)
+        if rows is None:
+            raise ValueError(
+                f"This batch has no {CACHE_ROW}, so the teacher_logits_cache_dir cache holds no logits for it: only "
+                "the training set is cached. Evaluate on data with labels (the student's own loss), or set "
+                "teacher_logits_cache_dir=None to run the teacher online."
+            )
+        values, indices, rest, cached_counts = self.cache.lookup(rows.tolist())
+        student, counts = distilled_rows(view.inputs, view.student.logits, self.level)
+        counts = counts.cpu()
+        if not torch.equal(counts, cached_counts):
+            raise ValueError(
+                f"The cache at {self.cache.path} holds {cached_counts.tolist()} positions for rows "
+                f"{rows.tolist()}, but this batch distils {counts.tolist()}: the labels differ from those the cache "
+                "was built with (does the collator draw them at random?). Set teacher_logits_cache_dir=None to run "
+                "the teacher online."
+            )
+        device = student.device
+        return sparse_logit_kd_loss(
+            student,
+            values.to(device),
+            indices.to(device),
+            rest.to(device),
+            self.temperature,
+            self.kind,
+        )
+
+
+def output_terms(args, level: str, label_names: list[str], teacher_weights: list[float], cache) -> list:
+    """The prediction-layer terms that `args` switches on: the hard loss, and logit KD online or from `cache`."""
+    terms = []
+    if args.hard_label_weight > 0:
+        terms.append(HardTerm(args.hard_label_weight, level, tuple(label_names)))
+    if args.logit_weight > 0 and cache is not None:
+        terms.append(CachedLogitTerm(args.logit_weight, level, args.temperature, args.logit_loss, cache))
+    elif args.logit_weight > 0:
+        teachers = tuple(i for i, weight in enumerate(teacher_weights) if weight > 0)
+        shares = tuple(teacher_weights[i] for i in teachers)
+        terms.append(LogitTerm(args.logit_weight, level, args.temperature, args.logit_loss, teachers, shares))
+    return terms
+
+
+# ---- the layers: hidden states and attention maps ----
 
 
 @dataclass(frozen=True)
@@ -27,16 +166,17 @@ class HiddenTerm:
     outputs: str  # the model output holding the stack's states: hidden_states, encoder_/decoder_hidden_states
     layer_map: list[int]  # entry m-1: the teacher layer student layer m learns from
     side: str  # "source" or "target": whose real positions count (see positions.side_mask)
-    count: str  # the positions.batch_counts key that normalises it
-    weight: float  # relative to hidden_weight
+    count: str
+    weight: float
+    teacher: int = 0  # the teacher's place in teacher_model
 
-    def loss(self, student_states: tuple[torch.Tensor, ...], teacher_outputs, inputs: dict) -> torch.Tensor:
-        teacher_states = getattr(teacher_outputs, self.outputs)
-        mask = side_mask(inputs, self.side)
+    def loss(self, view: BatchView) -> torch.Tensor:
+        teacher_states = getattr(view.teachers[self.teacher], self.outputs)
+        mask = side_mask(view.inputs, self.side)
         teacher_layers = [0, *self.layer_map]
         per_layer = [
             hidden_mse_loss(student, teacher_states[layer], mask)
-            for student, layer in zip(student_states, teacher_layers, strict=True)
+            for student, layer in zip(view.projected[self.name], teacher_layers, strict=True)
         ]
         return torch.stack(per_layer).mean()
 
@@ -46,26 +186,28 @@ class AttentionTerm:
     """Attention-map loss between the captured scores of mapped layers."""
 
     name: str
-    student: AttentionCapture
-    teacher: AttentionCapture
+    student_capture: AttentionCapture
+    teacher_capture: AttentionCapture
     layer_map: list[int]
     queries: str  # side of the queries
     keys: str | None  # side of the keys when they differ from the queries' (cross-attention)
     causal: bool
-    count: str  # for attention_loss='mse' (pairs); the per-row KL counts `row_count`
-    row_count: str
-    weight: float  # relative to attention_weight
+    kind: str  # attention_loss
+    count: str  # pairs for `mse`, query rows for the per-row `kl`
+    weight: float
+    teacher: int = 0
 
-    def loss(self, inputs: dict, kind: str) -> torch.Tensor:
-        loss = ATTENTION_LOSSES[kind]
+    def loss(self, view: BatchView) -> torch.Tensor:
+        loss = ATTENTION_LOSSES[self.kind]
+        inputs = view.inputs
         query_mask = side_mask(inputs, self.queries)
         key_mask = None if self.keys is None else side_mask(inputs, self.keys)
         if self.keys is not None and key_mask is None:  # no attention mask: every source token is a real key
             key_mask = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
         per_layer = [
             loss(
-                self.student.scores(student_layer),
-                self.teacher.scores(teacher_layer),
+                self.student_capture.scores(student_layer),
+                self.teacher_capture.scores(teacher_layer),
                 query_mask,
                 causal=self.causal,
                 key_mask=key_mask,
@@ -75,33 +217,46 @@ class AttentionTerm:
         return torch.stack(per_layer).mean()
 
 
-def single_stack_terms(student, teacher, layer_map: list[int], hidden: bool, attention: bool) -> tuple[list, list]:
-    """The terms of an encoder-only or decoder-only pair."""
-    hidden_terms = [HiddenTerm("hidden_loss", "hidden_states", layer_map, "source", "tokens", 1.0)] if hidden else []
-    attention_terms = []
-    if attention:
+@dataclass(frozen=True)
+class TeacherShare:
+    """Which teacher a set of layer-wise terms learns from, with which weight, under which name suffix."""
+
+    index: int = 0
+    weight: float = 1.0
+    suffix: str = ""  # "" for a single teacher, else "_teacher{index}"
+
+
+def single_stack_terms(student, teacher, layer_map: list[int], args, share: TeacherShare) -> tuple[list, list]:
+    """The layer-wise terms of an encoder-only or decoder-only pair that `args` switches on."""
+    hidden_terms, attention_terms = [], []
+    if args.hidden_weight > 0:
+        weight = args.hidden_weight * share.weight
+        name = f"hidden_loss{share.suffix}"
+        hidden_terms.append(HiddenTerm(name, "hidden_states", layer_map, "source", "tokens", weight, share.index))
+    if args.attention_weight > 0:
         student_capture = AttentionCapture(student, list(range(1, len(layer_map) + 1)))
         teacher_capture = AttentionCapture(teacher, layer_map)
-        causal = student_capture.causal
+        count = "pairs" if args.attention_loss == "mse" else "tokens"
         attention_terms.append(
             AttentionTerm(
-                "attention_loss",
+                f"attention_loss{share.suffix}",
                 student_capture,
                 teacher_capture,
                 layer_map,
                 "source",
                 None,
-                causal,
-                "pairs",
-                "tokens",
-                1.0,
+                student_capture.causal,
+                args.attention_loss,
+                count,
+                args.attention_weight * share.weight,
+                share.index,
             )  # fmt: skip
         )
     return hidden_terms, attention_terms
 
 
-def seq2seq_terms(student, teacher, maps: dict[str, list[int]], args) -> tuple[list, list]:
-    """The terms of an encoder-decoder pair; `maps` holds the `encoder` and `decoder` layer maps (the
+def seq2seq_terms(student, teacher, maps: dict[str, list[int]], args, share: TeacherShare) -> tuple[list, list]:
+    """The layer-wise terms of an encoder-decoder pair; `maps` holds the `encoder` and `decoder` layer maps (the
     cross-attention follows the decoder's). A stack or cross-attention whose weight is 0 gets no term."""
     weights = {
         "encoder": args.encoder_weight,
@@ -112,8 +267,15 @@ def seq2seq_terms(student, teacher, maps: dict[str, list[int]], args) -> tuple[l
     for stack, side in (("encoder", "source"), ("decoder", "target")):
         count = "tokens" if stack == "encoder" else "target_tokens"
         if args.hidden_weight > 0 and weights[stack] > 0:
+            weight = args.hidden_weight * weights[stack] * share.weight
             term = HiddenTerm(
-                f"{stack}_hidden_loss", f"{stack}_hidden_states", maps[stack], side, count, weights[stack]
+                f"{stack}_hidden_loss{share.suffix}",
+                f"{stack}_hidden_states",
+                maps[stack],
+                side,
+                count,
+                weight,
+                share.index,
             )
             hidden_terms.append(term)
     if args.attention_weight == 0:
@@ -123,7 +285,7 @@ def seq2seq_terms(student, teacher, maps: dict[str, list[int]], args) -> tuple[l
         ("decoder_attention_loss", "decoder", "target", None, True, "target_pairs", "target_tokens"),
         ("cross_attention_loss", "cross", "target", "source", False, "cross_pairs", "target_tokens"),
     )
-    for name, weight_key, queries, keys, causal, count, row_count in specs:
+    for name, weight_key, queries, keys, causal, pairs, rows in specs:
         if weights[weight_key] == 0:
             continue
         stack = "decoder" if weight_key == "cross" else weight_key
@@ -134,16 +296,17 @@ def seq2seq_terms(student, teacher, maps: dict[str, list[int]], args) -> tuple[l
         teacher_capture = AttentionCapture(teacher, layer_map, stack_layers(teacher, stack), cross=cross)
         attention_terms.append(
             AttentionTerm(
-                name,
+                f"{name}{share.suffix}",
                 student_capture,
                 teacher_capture,
                 layer_map,
                 queries,
                 keys,
                 causal,
-                count,
-                row_count,
-                weights[weight_key],
+                args.attention_loss,
+                pairs if args.attention_loss == "mse" else rows,
+                args.attention_weight * weights[weight_key] * share.weight,
+                share.index,
             )  # fmt: skip
         )
     return hidden_terms, attention_terms

@@ -15,7 +15,7 @@ from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import enable_full_determinism, number_of_arguments, set_seed
 from transformers.utils import can_return_loss, find_labels
 
-from .arguments import DistillationArguments
+from .arguments import DistillationArguments, normalised_teacher_weights
 from .checkpoints import resolve_resume
 from .distillation_model import (
     DistillationModel,
@@ -24,12 +24,11 @@ from .distillation_model import (
     make_projections,
     save_distillation_model,
 )
-from .losses import logit_kd_loss, sparse_logit_kd_loss
-from .positions import COUNT_OF_LOSS, IGNORE_INDEX, MASKED_LM_CLASSES, batch_counts, logit_level, logit_mask
+from .positions import MASKED_LM_CLASSES, batch_counts, logit_level
 from .preflight import check_teacher_student, check_tokenizer_fits
 from .publishing import PublishingMixin
 from .teacher_cache import CACHE_ROW, CacheRowCollator, TeacherCache, load_or_build_teacher_cache
-from .terms import AttentionTerm, HiddenTerm, single_stack_terms
+from .terms import BatchView, HiddenTerm, LogitTerm, TeacherShare, output_terms, single_stack_terms
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +43,22 @@ class DistillationMixin:
     def __init__(
         self,
         model: PreTrainedModel | None = None,
-        teacher_model: PreTrainedModel | None = None,
+        teacher_model: PreTrainedModel | list[PreTrainedModel] | None = None,
         args: DistillationArguments | None = None,
         model_init: Callable[..., PreTrainedModel] | None = None,
         **kwargs,
     ):
-        if teacher_model is None or (model is None and model_init is None):
+        teachers = list(teacher_model) if isinstance(teacher_model, (list, tuple)) else [teacher_model]
+        if not teachers or teachers[0] is None or (model is None and model_init is None):
             raise ValueError(
-                f"{type(self).__name__} needs both `model` (the student) and `teacher_model`; for a fresh student per "
-                "run (`hyperparameter_search`), pass `model_init`, a function returning one, instead of `model`."
+                f"{type(self).__name__} needs both `model` (the student) and `teacher_model` (a model, or a list of "
+                "them); for a fresh student per run (`hyperparameter_search`), pass `model_init`, a function "
+                "returning one, instead of `model`."
             )
         if model is not None and model_init is not None:
             raise ValueError(f"{type(self).__name__} takes `model` or `model_init`, not both.")
-        for name, value in (("model", model), ("teacher_model", teacher_model)):
+        named = [("model", model)] + [(_teacher_label(i, len(teachers)), t) for i, t in enumerate(teachers)]
+        for name, value in named:
             if value is not None and not isinstance(value, nn.Module):
                 raise TypeError(
                     f"{name} must be a loaded model, got {type(value).__name__} {value!r}: load it first, e.g. "
@@ -64,19 +66,22 @@ class DistillationMixin:
                 )
         if not isinstance(args, DistillationArguments):
             raise TypeError(f"args must be a DistillationArguments, got {type(args).__name__}.")
-        self.teacher, self.teacher_cache = None, None
-        self._teacher_model = teacher_model
+        self.teachers: list = []
+        self.teacher_cache = None
+        self._teacher_models = teachers
+        self.teacher_weights = normalised_teacher_weights(args.teacher_weights, len(teachers))
         if model is None:
             # The Trainer seeds before every model_init; the first student is only for the checks and the Trainer's
             # inspection, and each `train()` makes its own.
             enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
             model = model_init() if number_of_arguments(model_init) == 0 else model_init(None)
         super().__init__(model=self._distillation_model(model, args), args=args, **kwargs)
-        check_tokenizer_fits(self.processing_class, teacher_model)
+        for index, teacher in enumerate(teachers):
+            _for_teacher(index, len(teachers), check_tokenizer_fits, self.processing_class, teacher)
         if model_init is not None and (self.optimizer is not None or self.lr_scheduler is not None):
             raise ValueError("`model_init` makes a new student per run: it cannot take fixed `optimizers`.")
         self.model_init = model_init
-        self.teacher_name = teacher_model.name_or_path
+        self.teacher_names = [teacher.name_or_path for teacher in teachers]
         # The Trainer inspected the wrapper; labels and loss behaviour are the student's.
         if args.label_names is None:
             self.label_names = find_labels(type(model))
@@ -86,6 +91,7 @@ class DistillationMixin:
         self.loss_is_scaled_for_ga = True
         self.logit_level = logit_level(model)
         self._prepare_teacher()
+        self._set_terms()
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
         self._eval_component_sums: dict[str, torch.Tensor] = {}
@@ -94,48 +100,95 @@ class DistillationMixin:
         self._window_processes = 1
         self.saving_checkpoint = False
 
+    @property
+    def teacher(self) -> PreTrainedModel | None:
+        """The (first) teacher, prepared to run; None when it never runs (teacher cache, or no distillation loss)."""
+        return self.teachers[0] if self.teachers else None
+
+    @property
+    def teacher_name(self) -> str:
+        return self.teacher_names[0]
+
+    # ---- the loss terms ----
+
     def _distillation_model(self, student: PreTrainedModel, args: DistillationArguments) -> DistillationModel:
-        """Check the pair, set up the loss terms and weights that `args` asks for, and wrap `student` with fresh
+        """Check the pair(s), set up the layer-wise terms that `args` asks for, and wrap `student` with fresh
         projections. Runs at init and, with `model_init`, again for each run once its (trial's) settings are set."""
-        teacher = self._teacher_model
-        self.layer_map = self._check_pair(teacher, student, args)
-        self.hidden_terms, self.attention_terms = self._layer_terms(student, teacher, args)
+        teachers = self._teacher_models
+        self.layer_maps = [
+            _for_teacher(index, len(teachers), self._check_pair, teacher, student, args)
+            for index, teacher in enumerate(teachers)
+        ]
+        self.layer_map = self.layer_maps[0]
+        self.hidden_terms, self.attention_terms = [], []
+        for index, (teacher, layer_map) in enumerate(zip(teachers, self.layer_maps, strict=True)):
+            if self.teacher_weights[index] == 0:
+                continue
+            suffix = "" if len(teachers) == 1 else f"_teacher{index}"
+            share = TeacherShare(index, self.teacher_weights[index], suffix)
+            hidden_terms, attention_terms = self._layer_terms(student, teacher, layer_map, args, share)
+            self.hidden_terms += hidden_terms
+            self.attention_terms += attention_terms
         projections = None
         if self.hidden_terms:
             projections = nn.ModuleList(
                 projection
                 for term in self.hidden_terms
                 for projection in make_projections(
-                    self._width(student, term), self._width(teacher, term), len(term.layer_map) + 1
+                    self._width(student, term),
+                    self._width(teachers[term.teacher], term),
+                    len(term.layer_map) + 1,
                 )
             )
-        self._weights = {"hard_loss": args.hard_label_weight, "logit_loss": args.logit_weight}
-        self._counts_of = {name: COUNT_OF_LOSS[name] for name in self._weights}
-        for term in self.hidden_terms:
-            self._weights[term.name] = args.hidden_weight * term.weight
-            self._counts_of[term.name] = term.count
-        for term in self.attention_terms:
-            self._weights[term.name] = args.attention_weight * term.weight
-            self._counts_of[term.name] = term.count if args.attention_loss == "mse" else term.row_count
+        outputs = tuple(term.outputs for term in self.hidden_terms)
+        return DistillationModel(student, projections, outputs, tuple(term.name for term in self.hidden_terms))
+
+    def _set_terms(self) -> None:
+        """Every enabled loss term, its weight, and what each teacher is asked for; after `_prepare_teacher`."""
+        args = self.args
+        self.terms = [
+            *output_terms(args, self.logit_level, self.label_names, self.teacher_weights, self.teacher_cache),
+            *self.hidden_terms,
+            *self.attention_terms,
+        ]
+        self.loss_weights = {term.name: term.weight for term in self.terms}
         self._causal_attention = any(term.causal for term in self.attention_terms)
-        return DistillationModel(student, projections, tuple(term.outputs for term in self.hidden_terms))
+        online = [term for term in self.terms if isinstance(term, LogitTerm)]
+        self._teacher_runs = []  # per teacher: (run it?, ask for hidden states?, its attention captures)
+        for index in range(len(self._teacher_models)):
+            hidden = any(term.teacher == index for term in self.hidden_terms)
+            captures = [term.teacher_capture for term in self.attention_terms if term.teacher == index]
+            run = hidden or bool(captures) or any(index in term.teachers for term in online)
+            self._teacher_runs.append((run, hidden, captures))
+
+    def _check_pair(self, teacher: PreTrainedModel, student: PreTrainedModel, args) -> list[int]:
+        return check_teacher_student(teacher, student, args)
+
+    def _layer_terms(self, student, teacher, layer_map, args, share: TeacherShare) -> tuple[list, list]:
+        return single_stack_terms(student, teacher, layer_map, args, share)
+
+    def _width(self, model: PreTrainedModel, term: HiddenTerm) -> int:
+        return model.config.hidden_size
+
+    # ---- the teachers ----
 
     def _prepare_teacher(self) -> None:
-        """Cache the teacher's logits (then training never runs it), or make it ready to run: frozen, in eval mode,
-        on the student's device, inside the same autocast, never wrapped for gradient sync."""
-        args, teacher = self.args, self._teacher_model
+        """Cache the teachers' logits (then training never runs them), or make them ready to run: frozen, in eval
+        mode, on the student's device, inside the same autocast, never wrapped for gradient sync."""
+        args = self.args
         if args.teacher_logits_cache_dir is not None:
             if self.teacher_cache is None:
-                self.teacher_cache = self._load_or_build_teacher_cache(teacher)
+                self.teacher_cache = self._load_or_build_teacher_cache()
             return
-        if self.teacher is not None or not args.needs_teacher:
+        if self.teachers or not args.needs_teacher:
             return
         check_teacher_parallelism(self.accelerator)
-        teacher.requires_grad_(False).eval()
-        if getattr(teacher, "hf_device_map", None) is None:
-            # Accelerate places no model itself under FSDP; a teacher loaded with a device_map stays where it is.
-            teacher.to(args.device)
-        self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        for teacher in self._teacher_models:
+            teacher.requires_grad_(False).eval()
+            if getattr(teacher, "hf_device_map", None) is None:
+                # Accelerate places no model itself under FSDP; a teacher loaded with a device_map stays where it is.
+                teacher.to(args.device)
+            self.teachers.append(self.accelerator.prepare_model(teacher, evaluation_mode=True))
 
     def _hp_search_setup(self, trial) -> None:
         # `train()` calls this right after `model_init` made a fresh student, with a search trial's settings (e.g.
@@ -143,14 +196,16 @@ class DistillationMixin:
         super()._hp_search_setup(trial)
         if self.model_init is None:
             return
+        self.teacher_weights = normalised_teacher_weights(self.args.teacher_weights, len(self._teacher_models))
         self.model = self._distillation_model(self.model, self.args)
         if self.place_model_on_device:
             self._move_model_to_device(self.model, self.args.device)
         self.model_wrapped = self.model
         self._prepare_teacher()
+        self._set_terms()
 
-    def _load_or_build_teacher_cache(self, teacher: PreTrainedModel) -> TeacherCache:
-        """Cache the teacher's top-k logits over the training set (once per teacher, data and k), and number the
+    def _load_or_build_teacher_cache(self) -> TeacherCache:
+        """Cache the teachers' top-k logits over the training set (once per teachers, data and k), and number the
         training rows (`teacher_cache_row`) so that each batch finds its own, however the rows are shuffled."""
         args, cache = self.args, f"teacher_logits_cache_dir={self.args.teacher_logits_cache_dir!r}"
         if type(self.student).__name__ in MASKED_LM_CLASSES:
@@ -168,11 +223,12 @@ class DistillationMixin:
         train = self.train_dataset
         if CACHE_ROW in train.column_names:
             train = train.remove_columns(CACHE_ROW)
-        teacher.requires_grad_(False).eval().to(args.device)
+        for teacher in self._teacher_models:
+            teacher.requires_grad_(False).eval().to(args.device)
         with args.main_process_first(desc="teacher logits cache"):
             teacher_cache = load_or_build_teacher_cache(
                 args.teacher_logits_cache_dir,
-                teacher,
+                self._teacher_models,
                 self._remove_unused_columns(train, "training"),
                 self.data_collator,
                 self.logit_level,
@@ -180,31 +236,26 @@ class DistillationMixin:
                 self.label_names,
                 args.per_device_eval_batch_size,
                 show_progress=not args.disable_tqdm and args.should_log,
+                teacher_weights=self.teacher_weights,
+                temperature=args.temperature,
             )
         self.train_dataset = train.add_column(CACHE_ROW, np.arange(len(train)))
         self.data_collator = CacheRowCollator(self.data_collator)
         return teacher_cache
 
-    def _check_pair(self, teacher: PreTrainedModel, student: PreTrainedModel, args) -> list[int]:
-        return check_teacher_student(teacher, student, args)
-
-    def _layer_terms(self, student, teacher, args) -> tuple[list[HiddenTerm], list[AttentionTerm]]:
-        return single_stack_terms(student, teacher, self.layer_map, args.hidden_weight > 0, args.attention_weight > 0)
-
-    def _width(self, model: PreTrainedModel, term: HiddenTerm) -> int:
-        return model.config.hidden_size
-
     @property
     def student(self) -> PreTrainedModel:
         return self.accelerator.unwrap_model(self.model).student
+
+    # ---- the loss: run what the terms need, sum weight × loss × scale ----
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training and self._has_labels(inputs):
             # Evaluation of a student with a task: its own loss on the labels.
             outputs = model(**_model_inputs(inputs))
             return (outputs.loss, outputs) if return_outputs else outputs.loss
-        outputs, losses = self._distillation_losses(model, inputs)
-        weights = self._weights
+        outputs, losses = self._term_losses(model, inputs)
+        weights = self.loss_weights
         if model.training:
             scales = self._normalisers(inputs)
             loss = sum(weights[name] * value * scales[name] for name, value in losses.items())
@@ -222,27 +273,44 @@ class DistillationMixin:
             self._eval_component_steps += 1
         return (loss, outputs) if return_outputs else loss
 
+    def loss_components(self, inputs: dict) -> dict[str, torch.Tensor]:
+        """Each enabled term's loss on one batch, by log key: its mean over the batch's positions, before weighting
+        (`loss_weights` holds the weights). The batch is prepared as for training (device, seq2seq decoder inputs);
+        the model runs in its current mode (train or eval), without gradients."""
+        with torch.no_grad():
+            _, losses = self._term_losses(self.model, self._prepare_inputs(dict(inputs)))
+        return {name: value.detach() for name, value in losses.items()}
+
     def _has_labels(self, inputs) -> bool:
         return bool(self.label_names) and all(inputs.get(name) is not None for name in self.label_names)
 
-    def _distillation_losses(self, model, inputs) -> tuple:
-        args = self.args
+    def _term_losses(self, model, inputs) -> tuple:
+        """The student's outputs and {term name: its loss} of one batch."""
+        view = self._batch_view(model, inputs)
+        return view.student, {term.name: term.loss(view) for term in self.terms}
+
+    def _batch_view(self, model, inputs) -> BatchView:
+        """Run the student and the teachers for what the enabled terms need (hidden states, attention captures)."""
         model_inputs = _model_inputs(inputs)
         features = {name: value for name, value in model_inputs.items() if name not in self.label_names}
-        student_inputs = model_inputs if args.hard_label_weight > 0 else features
-        with _recording([term.student for term in self.attention_terms]):
+        student_inputs = model_inputs if "hard_loss" in self.loss_weights else features
+        with _recording([term.student_capture for term in self.attention_terms]):
             if self.hidden_terms:
-                outputs, student_hidden = model(**student_inputs, project_hidden_states=True)
+                outputs, projected = model(**student_inputs, project_hidden_states=True)
             else:
-                outputs, student_hidden = model(**student_inputs), None
-        teacher_outputs = None
-        if self.teacher is not None:
-            with torch.no_grad(), _recording([term.teacher for term in self.attention_terms]):
-                teacher_outputs = self.teacher(**features, output_hidden_states=bool(self.hidden_terms))
-        return outputs, self._component_losses(inputs, outputs, student_hidden, teacher_outputs)
+                outputs, projected = model(**student_inputs), {}
+        teacher_outputs = []
+        runs = self._teacher_runs if self.teachers else []  # no teacher runs with the cache
+        for teacher, (run, hidden, captures) in zip(self.teachers, runs, strict=True):
+            if not run:
+                teacher_outputs.append(None)
+                continue
+            with torch.no_grad(), _recording(captures):
+                teacher_outputs.append(teacher(**features, output_hidden_states=hidden))
+        return BatchView(inputs, outputs, projected, tuple(teacher_outputs))
 
     def _normalisers(self, inputs) -> dict[str, torch.Tensor]:
-        """Per component, (positions in this micro-batch) / (positions in the optimizer step) × processes.
+        """Per term, (positions in this micro-batch) / (positions in the optimizer step) × processes.
 
         A per-micro-batch mean times this factor is that micro-batch's share of the mean over the whole step, so
         gradient accumulation and uneven lengths across micro-batches and processes give one big batch's gradients.
@@ -251,10 +319,7 @@ class DistillationMixin:
         window, processes = self._window_counts, self._window_processes
         if window is None:  # called outside the training loop: the plain per-batch means
             window, processes = local, 1
-        scales = {}
-        for name, count in self._counts_of.items():
-            scales[name] = local[count] / window[count].clamp(min=1.0) * processes
-        return scales
+        return {term.name: local[term.count] / window[term.count].clamp(min=1.0) * processes for term in self.terms}
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         # Never a checkpoint a crash left half-written: True picks the last complete one (see `nlpkd.checkpoints`).
@@ -281,85 +346,7 @@ class DistillationMixin:
             self._window_counts = dict(zip(names, totals, strict=True))
         return batch_samples, num_items_in_batch
 
-    def _component_losses(self, inputs, outputs, student_hidden, teacher_outputs) -> dict[str, torch.Tensor]:
-        args = self.args
-        losses = {}
-        if args.hard_label_weight > 0:
-            if outputs.loss is None:
-                raise ValueError(
-                    f"hard_label_weight={args.hard_label_weight} but the student returned no loss: the batch has no "
-                    f"{self.label_names}. Add labels to the dataset, or set hard_label_weight=0."
-                )
-            # A micro-batch whose labels are all ignored gives NaN from a mean loss; it holds no label to learn.
-            no_labels = self.logit_level != "sequence" and not bool((inputs["labels"] != IGNORE_INDEX).any())
-            losses["hard_loss"] = outputs.logits.sum() * 0.0 if no_labels else outputs.loss
-        if args.logit_weight > 0 and self.teacher_cache is not None:
-            losses["logit_loss"] = self._cached_logit_loss(inputs, outputs.logits)
-        elif args.logit_weight > 0:
-            losses["logit_loss"] = self._logit_loss(inputs, outputs.logits, teacher_outputs.logits)
-        for term in self.hidden_terms:
-            losses[term.name] = term.loss(student_hidden[term.outputs], teacher_outputs, inputs)
-        for term in self.attention_terms:
-            losses[term.name] = term.loss(inputs, args.attention_loss)
-        return losses
-
-    def _logit_loss(self, inputs, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """Logit KD over the positions that carry a prediction: per sequence, per labelled token, or per next token."""
-        if self.logit_level == "causal":  # logits at i predict token i+1: the last position predicts nothing
-            student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
-        mask = self._distilled_mask(inputs, student_logits)
-        # Only the counted positions go through the softmax: for a masked LM that is ~15 % of them. When all count
-        # (causal LM blocks), skip the copy: (B, T, V) logits are hundreds of MB.
-        if mask is not None and not bool(mask.all()):
-            student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
-        return logit_kd_loss(student_logits, teacher_logits, self.args.temperature, self.args.logit_loss)
-
-    def _cached_logit_loss(self, inputs, student_logits: torch.Tensor) -> torch.Tensor:
-        """Logit KD against the cached top-k of this batch's rows, over the same positions as `_logit_loss`."""
-        rows = inputs.get(CACHE_ROW)
-        if rows is None:
-            raise ValueError(
-                f"This batch has no {CACHE_ROW}, so the teacher_logits_cache_dir cache holds no logits for it: only "
-                "the training set is cached. Evaluate on data with labels (the student's own loss), or set "
-                "teacher_logits_cache_dir=None to run the teacher online."
-            )
-        values, indices, rest, cached_counts = self.teacher_cache.lookup(rows.tolist())
-        if self.logit_level == "causal":
-            student_logits = student_logits[:, :-1]
-        mask = self._distilled_mask(inputs, student_logits)
-        if self.logit_level == "sequence":
-            counts = torch.ones(student_logits.shape[0], dtype=torch.long)
-        else:
-            if mask is None:
-                mask = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device)
-            counts = mask.sum(1).cpu()
-            student_logits = student_logits[mask]  # (N, C) in the cache's order: row by row, position by position
-        if not torch.equal(counts, cached_counts):
-            raise ValueError(
-                f"The cache at {self.teacher_cache.path} holds {cached_counts.tolist()} positions for rows "
-                f"{rows.tolist()}, but this batch distils {counts.tolist()}: the labels differ from those the cache "
-                "was built with (does the collator draw them at random?). Set teacher_logits_cache_dir=None to run "
-                "the teacher online."
-            )
-        device = student_logits.device
-        return sparse_logit_kd_loss(
-            student_logits,
-            values.to(device),
-            indices.to(device),
-            rest.to(device),
-            self.args.temperature,
-            self.args.logit_loss,
-        )
-
-    def _distilled_mask(self, inputs, logits: torch.Tensor) -> torch.Tensor | None:
-        """`logit_mask` of the batch, checked against the (B, T) positions of `logits`; None = every position."""
-        mask = logit_mask(inputs, self.logit_level)
-        if mask is not None and mask.shape != logits.shape[:-1]:
-            raise ValueError(
-                f"Cannot line up logits {tuple(logits.shape)} with labels/mask {tuple(mask.shape)} "
-                f"for {type(self.student).__name__} ({self.logit_level}-level logits)."
-            )
-        return mask
+    # ---- logging and evaluation ----
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs (they carry "loss") get the mean of each component since the previous log, over all processes
@@ -463,6 +450,20 @@ def check_teacher_parallelism(accelerator) -> None:
             "(recipes/accelerate/deepspeed_zero2.yaml), FSDP (recipes/accelerate/fsdp.yaml) or DDP "
             "(recipes/accelerate/multi_gpu.yaml) instead."
         )
+
+
+def _teacher_label(index: int, count: int) -> str:
+    return "teacher_model" if count == 1 else f"teacher_model[{index}]"
+
+
+def _for_teacher(index: int, count: int, check: Callable, *arguments):
+    """`check(*arguments)` about one teacher; with several teachers, its error says which one."""
+    try:
+        return check(*arguments)
+    except ValueError as error:
+        if count == 1:
+            raise
+        raise ValueError(f"{_teacher_label(index, count)}: {error}") from error
 
 
 def _model_inputs(inputs: dict) -> dict:

@@ -11,7 +11,7 @@ from test_recipe_text_classification import load_recipe, recipe_flags, reviews_c
 from test_trainer import NO_DROPOUT, clone_state, make_args, make_student, make_teacher
 from transformers.trainer_utils import HPSearchBackend
 
-import nlpkd.trainer
+import nlpkd.terms
 from nlpkd import DistillationTrainer
 from nlpkd.search import SearchArguments, search_distillation, suggest_settings
 
@@ -33,13 +33,13 @@ def run_trial(trainer, params: dict) -> None:
 @pytest.fixture
 def temperatures(monkeypatch) -> list[float]:
     """The temperature of every logit KD loss the trainer computes."""
-    seen, logit_kd_loss = [], nlpkd.trainer.logit_kd_loss
+    seen, logit_kd_loss = [], nlpkd.terms.logit_kd_loss
 
     def spy(student_logits, teacher_logits, temperature, *args, **kwargs):
         seen.append(temperature)
         return logit_kd_loss(student_logits, teacher_logits, temperature, *args, **kwargs)
 
-    monkeypatch.setattr(nlpkd.trainer, "logit_kd_loss", spy)
+    monkeypatch.setattr(nlpkd.terms, "logit_kd_loss", spy)
     return seen
 
 
@@ -68,7 +68,7 @@ def test_trial_settings_reach_the_loss_and_switch_terms(tmp_path, temperatures):
     temperatures.clear()
     run_trial(trainer, {"alpha": 0.25, "temperature": 4.0, "hidden_weight": 1.0, "attention_weight": 0.0})
     assert set(temperatures) == {4.0}
-    assert trainer._weights == {"hard_loss": 0.75, "logit_loss": 0.25, "hidden_loss": 1.0}
+    assert trainer.loss_weights == {"hard_loss": 0.75, "logit_loss": 0.25, "hidden_loss": 1.0}
     assert trainer.model.projections is not None
     trial_logs = step_logs(trainer)
     for entry in trial_logs:
@@ -101,7 +101,8 @@ def test_trial_settings_reach_the_loss_and_switch_terms(tmp_path, temperatures):
     temperatures.clear()
     run_trial(trainer, {"alpha": 1.0, "temperature": 1.5, "hidden_weight": 0.0, "attention_weight": 1.0})
     assert set(temperatures) == {1.5}
-    assert trainer._weights == {"hard_loss": 0.0, "logit_loss": 1.0, "attention_loss": 1.0}
+    # A loss of weight 0 is no term at all: hard_loss is off.
+    assert trainer.loss_weights == {"logit_loss": 1.0, "attention_loss": 1.0}
     assert trainer.model.projections is None
     for entry in step_logs(trainer):
         assert {"logit_loss", "attention_loss"} <= set(entry) and not {"hard_loss", "hidden_loss"} & set(entry)

@@ -225,10 +225,10 @@ def test_word_level_kd_is_the_kl_over_labelled_target_positions(tmp_path, family
     rows = rows_of(pair_dataset(seed=2), 6)
 
     def word_kd(batch: dict) -> float:
-        trainer._component_sums, trainer._component_steps = {}, 0
+        components = trainer.loss_components(batch)
         loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch))
-        assert set(trainer._component_sums) == {"logit_loss"}
-        assert trainer._component_sums["logit_loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+        assert set(components) == {"logit_loss"}
+        assert components["logit_loss"].item() == pytest.approx(loss.item(), rel=1e-6)
         return loss.item()
 
     batch = PairCollator()(rows)  # no decoder_input_ids: the trainer makes them
@@ -398,8 +398,7 @@ def test_layer_wise_losses_equal_a_hand_computation(tmp_path, family):
     )  # fmt: skip
     trainer.model.train()
     batch = PairCollator(decoder_start(student))(rows_of(pair_dataset(seed=6), 6))
-    trainer.compute_loss(trainer.model, trainer._prepare_inputs(dict(batch)))
-    losses = {name: value.item() for name, value in trainer._component_sums.items()}
+    losses = {name: value.item() for name, value in trainer.loss_components(batch).items()}
 
     features = {name: batch[name] for name in ("input_ids", "attention_mask", "decoder_input_ids")}
     with torch.no_grad():
@@ -441,9 +440,9 @@ def test_no_loss_changes_with_padding(tmp_path, family):
     rows = rows_of(pair_dataset(seed=2), 6)
 
     def components(collator: PairCollator) -> dict[str, float]:
-        trainer._component_sums, trainer._component_steps = {}, 0
-        loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(collator(rows)))
-        return {"loss": loss.item(), **{name: value.item() for name, value in trainer._component_sums.items()}}
+        batch = collator(rows)
+        loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(dict(batch)))
+        return {"loss": loss.item(), **{name: value.item() for name, value in trainer.loss_components(batch).items()}}
 
     tight, padded = components(PairCollator()), components(PairCollator(extra_padding=5))
     assert len(tight) == 8
@@ -489,7 +488,9 @@ def test_default_layer_maps_are_uniform_per_stack(tmp_path):
     ]
     hidden = {term.name: term.layer_map for term in trainer.hidden_terms}
     assert hidden == {"encoder_hidden_loss": [2, 4], "decoder_hidden_loss": [2]}
-    captured = {term.name: (term.student.layers, term.teacher.layers) for term in trainer.attention_terms}
+    captured = {
+        term.name: (term.student_capture.layers, term.teacher_capture.layers) for term in trainer.attention_terms
+    }
     assert captured == {
         "encoder_attention_loss": ([1, 2], [2, 4]),
         "decoder_attention_loss": ([1], [2]),
@@ -505,7 +506,7 @@ def test_explicit_layer_maps_are_used(tmp_path):
     teacher, student = teacher_and_student("t5")
     trainer = make_trainer(tmp_path, teacher, student, encoder_layer_map=[1, 3], decoder_layer_map=[1], **ALL_LOSSES)
     assert trainer.layer_map == {"encoder": [1, 3], "decoder": [1]}
-    assert {term.name: term.teacher.layers for term in trainer.attention_terms} == {
+    assert {term.name: term.teacher_capture.layers for term in trainer.attention_terms} == {
         "encoder_attention_loss": [1, 3],
         "decoder_attention_loss": [1],
         "cross_attention_loss": [1],

@@ -261,12 +261,12 @@ def test_gpt2_capture_equals_eager_attention_under_the_causal_mask():
 def test_causal_models_get_causal_attention_losses(tmp_path):
     teacher, student = lm_pair("gpt2")
     trainer = lm_trainer(tmp_path, teacher, student, hard_label_weight=0.0, logit_weight=0.0, attention_weight=1.0)
-    assert trainer._causal_attention
+    assert [term.causal for term in trainer.attention_terms] == [True]
     student_bert = lm_pair("mlm")
     trainer_bert = lm_trainer(
         tmp_path / "bert", *student_bert, hard_label_weight=0.0, logit_weight=0.0, attention_weight=1.0
     )
-    assert not trainer_bert._causal_attention
+    assert [term.causal for term in trainer_bert.attention_terms] == [False]
 
 
 # ---- general distillation of bare encoders ----

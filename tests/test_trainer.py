@@ -431,9 +431,9 @@ def test_losses_do_not_change_with_extra_padding(tmp_path, attention_loss, stude
     trainer.model.train()
 
     def components(collator: PadCollator) -> dict[str, float]:
-        trainer._component_sums, trainer._component_steps = {}, 0
-        loss = trainer.compute_loss(trainer.model, collator(rows))
-        values = {name: value.item() for name, value in trainer._component_sums.items()}
+        batch = collator(rows)
+        loss = trainer.compute_loss(trainer.model, batch)
+        values = {name: value.item() for name, value in trainer.loss_components(batch).items()}
         return {"loss": loss.item(), **values}
 
     tight, padded = components(PadCollator()), components(PadCollator(extra_padding=5))
@@ -599,7 +599,7 @@ def test_bad_layer_map(tmp_path, teacher, student, layer_map, message, weight):
 def test_explicit_layer_map_is_used(tmp_path, teacher, student):
     trainer = make_trainer(tmp_path, teacher, student, layer_map=[1, 3], hidden_weight=1.0, attention_weight=1.0)
     assert trainer.layer_map == [1, 3]
-    assert trainer.attention_terms[0].teacher.layers == [1, 3]
+    assert trainer.attention_terms[0].teacher_capture.layers == [1, 3]
     assert make_trainer(tmp_path, teacher, make_student(), hidden_weight=1.0).layer_map == [2, 4]
 
 
