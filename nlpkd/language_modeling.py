@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, default_data_collator
 
 from .data import read_table
-from .positions import IGNORE_INDEX, logit_level
+from .positions import IGNORE_INDEX, aligned_labels, aligned_logits, logit_level
 from .progress import Progress
 
 TEXT_FORMATS = (".txt", ".csv", ".tsv", ".json", ".jsonl")
@@ -179,9 +179,8 @@ def perplexity(
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=default_data_collator):
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
             labels = batch.pop("labels")
-            logits = model(**batch).logits.float()
-            if level == "causal":
-                logits, labels = logits[:, :-1], labels[:, 1:]
+            logits = aligned_logits(model(**batch).logits.float(), level)
+            labels = aligned_labels(labels, level)
             total_nll += F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
             ).item()
