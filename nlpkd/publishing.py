@@ -32,8 +32,9 @@ TRAINER_CARD_NAMES = {
 class PublishingMixin:
     """Model cards and Hub pushes for a distillation trainer: put it before `DistillationMixin` in the bases.
 
-    It reads the core's public facts: `teacher_name`, `layer_map`, `student`, `hidden_terms`, `attention_terms`,
-    `seq2seq` and `saving_checkpoint` (True while a checkpoint is written: checkpoints get no card).
+    It reads the core's public facts: `teacher_name(s)`, `teacher_weights`, `layer_map(s)`, `student`,
+    `hidden_terms`, `attention_terms`, `seq2seq` and `saving_checkpoint` (True while a checkpoint is written:
+    checkpoints get no card).
     """
 
     def __init__(self, *args, **kwargs):
@@ -75,13 +76,22 @@ class PublishingMixin:
             "base_model": self.teacher_name,
             "command": reproduce_command(sys.argv[0], sys.argv[1:]),
             **facts,
-            "setup": {**distillation_setup(self.args, self.layer_map, self.student), **facts.get("setup", {})},
+            "setup": {**self._distillation_setup(), **facts.get("setup", {})},
             "citations": [*citations, *facts.get("citations", [])],
             "training_arguments": non_default_arguments(self.args),
             "hardware": hardware(self.args.device),
         }
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         write_model_card(output_dir, log_history=self.state.log_history, **card)
+
+    def _distillation_setup(self) -> dict[str, str]:
+        setup = distillation_setup(self.args, self.layer_map, self.student)
+        if len(self.teacher_names) > 1:  # the card's base_model is the first; all of them, with their weights
+            shares = zip(self.teacher_names, self.teacher_weights, self.layer_maps, strict=True)
+            setup["teachers (weight; layer map)"] = ", ".join(
+                f"{name} ({weight:.3g}{f'; {layer_map}' if layer_map else ''})" for name, weight, layer_map in shares
+            )
+        return setup
 
     def _remember_card(self, card: dict) -> None:
         for name, value in card.items():

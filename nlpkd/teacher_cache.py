@@ -70,7 +70,6 @@ class TeacherCache:
         return values, indices, flat("rest"), counts
 
 
-@torch.no_grad()
 @dataclass(frozen=True)
 class CachedTeachers:
     """The teacher(s) a cache is made of: one model, or several mixed with `weights` at `temperature`."""
