@@ -432,6 +432,11 @@ class DistillationTrainer(PublishingMixin, DistillationMixin, Trainer):
 
     With `teacher_logits_cache_dir`, the teacher's top-k logits over the training set are computed once at init (or
     loaded, see `nlpkd.teacher_cache`) and training never runs the teacher.
+
+    `teacher_model` may be a list of teachers, weighted by `args.teacher_weights`: logit KD learns the weighted mixture
+    of their tempered distributions, and each teacher gets its own layer-wise terms (`hidden_loss_teacher0`, ...).
+    Every loss is a term (`nlpkd.terms`): `trainer.terms` lists the enabled ones, `trainer.loss_weights` their
+    weights, and `trainer.loss_components(batch)` their values on one batch.
     """
 
 
