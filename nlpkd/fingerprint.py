@@ -2,9 +2,9 @@
 
 A cache is found again by its fingerprint, so a change in any input gives a new cache, never a stale one: fine-tuned
 teachers, target tokenizers and the teacher's translations are named by a `fingerprint` of their settings and data;
-the teacher-logits cache by `teacher_digest` and `data_digest`, its files checked by `file_digest`. Every hash is
-computed from the values themselves, never from `str()` or `datasets`' in-memory fingerprints, so that the next run
-(another process, another day) computes the same one.
+the teacher-logits cache by the `settings_key` of `teacher_digest`s, `data_digest` and its settings, its files
+checked by `file_digest`. Every hash is computed from the values themselves, never from `str()` or `datasets`'
+in-memory fingerprints, so that the next run (another process, another day) computes the same one.
 """
 
 import hashlib
@@ -28,6 +28,12 @@ def fingerprint(*parts) -> str:
     """
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=_jsonable).encode("utf-8"))
     return digest.hexdigest()[:12]
+
+
+def settings_key(settings: dict) -> str:
+    """The teacher-logits cache's key: sha256 of the JSON of `settings`, 16 hex digits (the form its first caches
+    were written under, so that they stay valid)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _jsonable(value):

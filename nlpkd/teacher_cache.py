@@ -16,7 +16,6 @@ with a label for a token classifier or causal LM, see `nlpkd.positions.logit_mas
 and `rest` (the logsumexp of its other logits, float16; -inf when k covers every class).
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import torch
 from datasets.table import InMemoryTable
 from transformers import PreTrainedModel
 
-from .fingerprint import data_digest, file_digest, teacher_digest
+from .fingerprint import data_digest, file_digest, settings_key, teacher_digest
 from .losses import teacher_mixture_logits
 from .positions import distilled_rows
 from .progress import Progress
@@ -252,7 +251,7 @@ def load_or_build_teacher_cache(
             "collator": getattr(collator, "__qualname__", type(collator).__qualname__),  # a function or a class
         },
     }
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    key = settings_key(parts)
     path = os.path.join(cache_dir, key)
     if not os.path.exists(path):
         logger.info("Caching the teacher's top-%d logits over %d examples in %s", top_k, len(dataset), path)

@@ -19,11 +19,6 @@ WORDS = ["good", "great", "fine", "fun", "bad", "awful", "dull", "poor", "movie"
 MODEL_KEYS = ("accuracy", "f1", "params", "size_mb", "latency_ms_b1", "throughput_b32")
 
 
-def load_recipe():
-    """The recipe's module, for test_search.py, which reaches it by this name."""
-    return recipe
-
-
 @pytest.fixture
 def tiny_teacher_dir(tmp_path) -> str:
     """A tiny BERT *body* (no classification head, like the packaged MiniLM) with its tokenizer."""

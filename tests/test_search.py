@@ -7,12 +7,13 @@ import sys
 import pytest
 import torch
 from conftest import PadCollator, make_classification_dataset
-from test_recipe_text_classification import load_recipe, recipe_flags, reviews_csv, tiny_teacher_dir  # noqa: F401
+from test_recipe_text_classification import recipe_flags, reviews_csv, tiny_teacher_dir  # noqa: F401
 from test_trainer import NO_DROPOUT, clone_state, make_args, make_student, make_teacher
 from transformers.trainer_utils import HPSearchBackend
 
 import nlpkd.terms
 from nlpkd import DistillationTrainer
+from nlpkd.recipes import text_classification
 from nlpkd.search import SearchArguments, search_distillation, suggest_settings
 
 optuna = pytest.importorskip("optuna")
@@ -156,7 +157,7 @@ def test_recipe_searches_then_distils_with_the_best_setting(tiny_teacher_dir, re
         tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true", "--search_trials", "2",
         "--search_layer_weights", "true",
     )  # fmt: skip
-    results = load_recipe().main(flags)
+    results = text_classification.main(flags)
 
     search = results["search"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["search"] == search
@@ -186,7 +187,7 @@ def test_recipe_searches_then_distils_with_the_best_setting(tiny_teacher_dir, re
 )
 def test_recipe_rejects_bad_search_flags_before_training(tiny_teacher_dir, reviews_csv, tmp_path, flags, error, match):  # noqa: F811
     with pytest.raises(error, match=match):
-        load_recipe().main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, *flags))
+        text_classification.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, *flags))
     assert not (tmp_path / "teachers").exists()
 
 
