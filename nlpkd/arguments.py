@@ -9,6 +9,8 @@ from typing import Literal
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from transformers.trainer_utils import HubStrategy
 
+from .schedules import SCHEDULES
+
 LOGIT_LOSSES = ("kl", "mse", "soft_ce")
 ATTENTION_LOSSES = ("mse", "kl")
 LOSS_WEIGHTS = ("hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
@@ -53,6 +55,13 @@ class DistillationArguments(TrainingArguments):
             `nlpkd.teacher_cache`); training then reads them instead of running the teacher. Only for logit KD
             (`hidden_weight` and `attention_weight` 0, `logit_loss` `kl` or `soft_ce`), not for masked LMs (their
             masks change every epoch). None (the default) runs the teacher online.
+        loss_schedule (`str`, *optional*, defaults to `"constant"`):
+            How the loss weights move over training (`nlpkd.schedules`): `constant`; `linear_decay` (the hidden and
+            attention weights fade linearly to 0, the prediction-layer weights stay); `two_phase` (TinyBERT's two
+            stages in one run: the hidden and attention losses alone until `two_phase_split` of the steps, then the
+            hard and logit losses alone).
+        two_phase_split (`float`, *optional*, defaults to `0.5`):
+            The fraction of the optimizer steps the first phase of `two_phase` takes (0 < split < 1).
         teacher_weights (`list[float]`, *optional*):
             With several teachers (`teacher_model=[t1, t2, ...]`), the weight of each (>= 0, normalised to sum 1;
             default equal). Logit KD learns the weighted mixture of their tempered distributions,
@@ -99,6 +108,17 @@ class DistillationArguments(TrainingArguments):
         },
     )
 
+    loss_schedule: Literal["constant", "linear_decay", "two_phase"] = field(
+        default="constant",
+        metadata={
+            "help": "Loss weights over training: 'constant', 'linear_decay' (hidden/attention weights fade to 0) or "
+            "'two_phase' (hidden/attention losses first, then hard/logit losses).",
+            "choices": SCHEDULES,
+        },
+    )
+    two_phase_split: float = field(
+        default=0.5, metadata={"help": "Fraction of the steps in two_phase's first (layer-loss) phase, in (0, 1)."}
+    )
     teacher_weights: list[float] | None = field(
         default=None,
         metadata={
@@ -152,6 +172,13 @@ class DistillationArguments(TrainingArguments):
                     f"layer_map must be a non-empty list of teacher layer numbers >= 1 (0 is the embeddings, which "
                     f"always map to each other), got {self.layer_map}."
                 )
+        if self.loss_schedule not in SCHEDULES:
+            raise ValueError(f"loss_schedule must be one of {SCHEDULES}, got {self.loss_schedule!r}.")
+        if not 0 < self.two_phase_split < 1:
+            raise ValueError(
+                f"two_phase_split must be in (0, 1), got {self.two_phase_split}: it is the fraction of the steps "
+                "spent on the hidden and attention losses before the prediction layer's."
+            )
         if self.teacher_weights is not None:
             weights = self.teacher_weights
             if not weights or not all(type(w) in (int, float) and math.isfinite(w) and w >= 0 for w in weights):

@@ -6,7 +6,8 @@ A term has
 - `weight`: its weight in the total: its argument field (`hard_label_weight`, `logit_weight`, `hidden_weight`,
   `attention_weight`) times its share (a seq2seq stack's weight, a teacher's `teacher_weights` entry),
 - `count`: the `positions.batch_counts` key that normalises it over an optimizer step,
-- `loss(view)`: a pure function of one `BatchView`, the batch's mean over the positions it counts.
+- `loss(view)`: a pure function of one `BatchView`, the batch's mean over the positions it counts,
+- `group`: `prediction` or `layers`, whose scale a loss schedule sets (`nlpkd.schedules`).
 What a term asks of the forward passes is read off its type: `HiddenTerm` needs the student's projected hidden
 states and its teacher's hidden states, `AttentionTerm` records attention scores through its captures, and every
 term with a `teacher` index needs that teacher run.
@@ -22,6 +23,7 @@ its name ends in `_teacher{i}` (i = the teacher's place in `teacher_model`, from
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -59,6 +61,8 @@ class BatchView:
 class HardTerm:
     """The student's own task loss on the labels (its model's `loss` output)."""
 
+    group: ClassVar[str] = "prediction"  # its schedule group (nlpkd.schedules)
+
     weight: float
     level: str  # positions.logit_level of the student
     label_names: tuple[str, ...]
@@ -83,6 +87,8 @@ class LogitTerm:
     `positions.distilled_logits`): KL(Σᵢ wᵢ·softmax(tᵢ/T) ‖ softmax(s/T))·T² for `kl` (one teacher: w = 1), see
     `losses.teacher_mixture_logits` for `soft_ce` and `mse`."""
 
+    group: ClassVar[str] = "prediction"  # its schedule group (nlpkd.schedules)
+
     weight: float
     level: str
     temperature: float
@@ -103,6 +109,8 @@ class LogitTerm:
 class CachedLogitTerm:
     """Logit KD against the teacher(s)' top-k logits cached for this batch's rows (`nlpkd.teacher_cache`), over the
     same positions as `LogitTerm`; the teachers never run."""
+
+    group: ClassVar[str] = "prediction"  # its schedule group (nlpkd.schedules)
 
     weight: float
     level: str
@@ -162,6 +170,8 @@ def output_terms(args, level: str, label_names: list[str], teacher_weights: list
 class HiddenTerm:
     """MSE between projected student states and the mapped teacher states (embeddings map 0 -> 0)."""
 
+    group: ClassVar[str] = "layers"  # its schedule group (nlpkd.schedules)
+
     name: str
     outputs: str  # the model output holding the stack's states: hidden_states, encoder_/decoder_hidden_states
     layer_map: list[int]  # entry m-1: the teacher layer student layer m learns from
@@ -184,6 +194,8 @@ class HiddenTerm:
 @dataclass(frozen=True)
 class AttentionTerm:
     """Attention-map loss between the captured scores of mapped layers."""
+
+    group: ClassVar[str] = "layers"  # its schedule group (nlpkd.schedules)
 
     name: str
     student_capture: AttentionCapture

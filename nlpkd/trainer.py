@@ -27,6 +27,7 @@ from .distillation_model import (
 from .positions import MASKED_LM_CLASSES, batch_counts, logit_level
 from .preflight import check_teacher_student, check_tokenizer_fits
 from .publishing import PublishingMixin
+from .schedules import group_scales
 from .teacher_cache import CACHE_ROW, CacheRowCollator, TeacherCache, load_or_build_teacher_cache
 from .terms import BatchView, HiddenTerm, LogitTerm, TeacherShare, output_terms, single_stack_terms
 
@@ -255,7 +256,7 @@ class DistillationMixin:
             outputs = model(**_model_inputs(inputs))
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         outputs, losses = self._term_losses(model, inputs)
-        weights = self.loss_weights
+        weights = self.scheduled_weights()
         if model.training:
             scales = self._normalisers(inputs)
             loss = sum(weights[name] * value * scales[name] for name, value in losses.items())
@@ -280,6 +281,20 @@ class DistillationMixin:
         with torch.no_grad():
             _, losses = self._term_losses(self.model, self._prepare_inputs(dict(inputs)))
         return {name: value.detach() for name, value in losses.items()}
+
+    def scheduled_weights(self) -> dict[str, float]:
+        """Each term's weight now: `loss_weights` times its group's scale under `args.loss_schedule` at the
+        current training progress (optimizer steps done / all steps; 0 before training)."""
+        scales = self._group_scales()
+        return {term.name: term.weight * scales[term.group] for term in self.terms}
+
+    def _group_scales(self) -> dict[str, float]:
+        state = self.state
+        progress = state.global_step / state.max_steps if state.max_steps else 0.0
+        scales = group_scales(self.args.loss_schedule, progress, self.args.two_phase_split)
+        if len({term.group for term in self.terms}) < 2:  # one group only: nothing to hand over between groups
+            return dict.fromkeys(scales, 1.0)
+        return scales
 
     def _has_labels(self, inputs) -> bool:
         return bool(self.label_names) and all(inputs.get(name) is not None for name in self.label_names)
@@ -355,6 +370,9 @@ class DistillationMixin:
             for name, total in self._component_sums.items():
                 logs[name] = nested_gather(total / self._component_steps, self.args.parallel_mode).mean().item()
             self._component_sums, self._component_steps = {}, 0
+        if "loss" in logs and self.args.loss_schedule != "constant":
+            scales = self._group_scales()  # at the logging step
+            logs["prediction_loss_scale"], logs["layer_loss_scale"] = scales["prediction"], scales["layers"]
         super().log(logs, start_time)
 
     def evaluation_loop(
