@@ -1,0 +1,96 @@
+"""What the student-run benchmarks (multi_teacher.py, schedules.py) share: recipe flags after `--`, one student
+distilled with the classification recipe's settings and scored on validation and test, one JSON file per run, and
+a summary table (mean ± sample std over seeds) of every result file in a folder."""
+
+import dataclasses
+import json
+import os
+import statistics
+
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+
+from nlpkd import DistillationTrainer
+from nlpkd.classification import compute_accuracy_f1
+from nlpkd.pipeline import build_student
+
+SPLITS = ("validation", "test")
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the benchmark's own flags, the recipe's flags after `--`)."""
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1 :]
+    return argv, []
+
+
+def distil(teachers, seed: int, student_args, args, tokenized, tokenizer, output_dir: str, **changes) -> dict:
+    """Distil a fresh student (seeded like the recipe's) from `teachers` with `args` and `changes` (argument
+    overrides); its last-epoch accuracy and macro F1 on each split."""
+    changes = dict(
+        seed=seed,
+        output_dir=output_dir,
+        save_strategy="no",
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        **changes,
+    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    run_args = type(args)(**{**values, **changes})
+    set_seed(seed)
+    student = build_student(teachers[0], student_args, AutoModelForSequenceClassification)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teachers if len(teachers) > 1 else teachers[0],
+        args=run_args,
+        train_dataset=tokenized["train"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_accuracy_f1,
+    )
+    trainer.train()
+    scores = {}
+    for split in SPLITS:
+        metrics = trainer.evaluate(tokenized[split])
+        scores[split], scores[f"{split}_f1"] = metrics["eval_accuracy"], metrics["eval_f1"]
+    return scores
+
+
+def write_json(path: str, value: dict) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(value, file, indent=2)
+
+
+def read_results(folder: str) -> tuple[dict, dict[str, list[dict]]]:
+    """(the `models.json` file's entries, {run: its seeds' result files}) of `folder`."""
+    models, runs = {}, {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(folder, name), encoding="utf-8") as file:
+            result = json.load(file)
+        if name == "models.json":
+            models = result
+        else:
+            runs.setdefault(result["run"], []).append(result)
+    return models, runs
+
+
+def mean_and_spread(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.1f} % ± {spread:.1f}"
+
+
+def summary(folder: str, keys: tuple[str, ...] = SPLITS) -> str:
+    """The table of every result file in `folder`: each key's mean ± sample std over the seeds, per run."""
+    models, runs = read_results(folder)
+    if not models and not runs:
+        return f"No results in {folder} yet."
+    lines = [
+        f"{model:36s} " + "  ".join(f"{k} {100 * v:.1f} %" for k, v in scores.items())
+        for model, scores in models.items()
+    ]
+    for run, results in sorted(runs.items()):
+        cells = [f"{key} {mean_and_spread([100 * result[key] for result in results])}" for key in keys]
+        lines.append(f"{f'{run} ({len(results)} seeds)':36s} " + "  ".join(cells))
+    return "\n".join(lines)
