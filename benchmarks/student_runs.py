@@ -38,14 +38,17 @@ def distil(teachers, seed: int, student_args, args, tokenized, tokenizer, output
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
     run_args = type(args)(**{**values, **changes})
     set_seed(seed)
-    student = build_student(teachers[0], student_args, AutoModelForSequenceClassification)
+    collator = DataCollatorWithPadding(tokenizer)
+    student = build_student(
+        teachers[0], student_args, AutoModelForSequenceClassification, tokenized["train"], collator
+    )
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teachers if len(teachers) > 1 else teachers[0],
         args=run_args,
         train_dataset=tokenized["train"],
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         compute_metrics=compute_accuracy_f1,
     )
     trainer.train()

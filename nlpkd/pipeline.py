@@ -26,9 +26,29 @@ def plain_training_args(args: TrainingArguments, **changes) -> TrainingArguments
     return TrainingArguments(**values)
 
 
-def build_student(teacher: PreTrainedModel, student_args: StudentArguments, auto_class) -> PreTrainedModel:
-    """The student: loaded from `student_model_name_or_path` with the teacher's labels, or made from the teacher."""
+CALIBRATION_BATCHES = 8  # of 32 rows: 256 examples rank the teacher's channels, heads and neurons
+
+
+def calibration_batches(dataset, collator, batch_size: int = 32, count: int = CALIBRATION_BATCHES) -> list[dict]:
+    """The first `count` batches of `dataset` as `collator` makes them (the data pruned initialisation ranks on)."""
+    rows = [dataset[i] for i in range(min(len(dataset), batch_size * count))]
+    return [collator(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+
+
+def build_student(
+    teacher: PreTrainedModel, student_args: StudentArguments, auto_class, train_dataset=None, collator=None
+) -> PreTrainedModel:
+    """The student: loaded from `student_model_name_or_path` with the teacher's labels, or made from the teacher
+    (with `student_init="pruned"`, ranked on the first `CALIBRATION_BATCHES` batches of `train_dataset`)."""
     if student_args.student_model_name_or_path is None:
+        calibration = None
+        if student_args.student_init == "pruned":
+            if train_dataset is None or collator is None:
+                raise ValueError(
+                    "student_init='pruned' needs training data to rank the teacher's parts on, and this recipe "
+                    "passes none: use student_init 'random' or 'teacher_layers'."
+                )
+            calibration = calibration_batches(train_dataset, collator)
         return make_student(
             teacher,
             num_hidden_layers=student_args.student_num_layers,
@@ -37,6 +57,7 @@ def build_student(teacher: PreTrainedModel, student_args: StudentArguments, auto
             intermediate_size=student_args.student_intermediate_size,
             init=student_args.student_init,
             num_decoder_layers=student_args.student_decoder_layers,
+            calibration_data=calibration,
         )
     label_kwargs = {}
     if "Classification" in type(teacher).__name__:

@@ -1,14 +1,16 @@
 """Build a TinyBERT-style student from a teacher: same class and task head, fewer and narrower layers."""
 
 import copy
+from collections.abc import Iterable
 from typing import Literal
 
 from transformers import PreTrainedModel
 
 from .capture import find_layers
 from .layer_map import uniform_layer_map
+from .pruning import prune_into
 
-STUDENT_INITS = ("random", "teacher_layers")
+STUDENT_INITS = ("random", "teacher_layers", "pruned")
 # Config fields under other names: GPT-2 calls the FFN width n_inner, DistilBERT hidden_dim.
 CONFIG_ALIASES = {"intermediate_size": ("intermediate_size", "n_inner", "hidden_dim")}
 
@@ -19,8 +21,9 @@ def make_student(
     hidden_size: int = 312,
     num_attention_heads: int = 12,
     intermediate_size: int = 1200,
-    init: Literal["random", "teacher_layers"] = "random",
+    init: Literal["random", "teacher_layers", "pruned"] = "random",
     num_decoder_layers: int | None = None,
+    calibration_data: Iterable[dict] | None = None,
 ) -> PreTrainedModel:
     """A student of the teacher's own model class (task head, labels and vocabulary included).
 
@@ -28,10 +31,17 @@ def make_student(
     (Marian, BART, T5, `EncoderDecoderModel`) `num_hidden_layers` is the encoder's depth and `num_decoder_layers`
     the decoder's (default: the same); width, heads and FFN apply to both stacks. `init="teacher_layers"` copies
     the teacher's embeddings, task head and, for student layer m of each stack, teacher layer m·N/M (TinyBERT's
-    uniform map); this needs the teacher's hidden and intermediate sizes.
+    uniform map); this needs the teacher's hidden and intermediate sizes. `init="pruned"` (BERT-style encoders) also
+    starts from the teacher at any smaller width: the most important hidden channels, heads, head dimensions and FFN
+    neurons of those layers, measured on `calibration_data` (a few batches of model inputs; see `nlpkd.pruning`).
     """
     if init not in STUDENT_INITS:
         raise ValueError(f"init must be one of {STUDENT_INITS}, got {init!r}.")
+    if init == "pruned" and calibration_data is None:
+        raise ValueError(
+            "init='pruned' ranks the teacher's channels, heads and neurons on data: pass calibration_data, a few "
+            "batches of model inputs (e.g. 8 batches of the training set)."
+        )
     sizes = dict(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size, intermediate_size=intermediate_size)
     sizes.update(num_attention_heads=num_attention_heads, num_decoder_layers=num_decoder_layers)
     for name, value in sizes.items():
@@ -58,6 +68,8 @@ def make_student(
     student = type(teacher)(config)
     if init == "teacher_layers":
         _copy_teacher_layers(teacher, student)
+    elif init == "pruned":
+        prune_into(teacher, student, calibration_data)
     return student
 
 

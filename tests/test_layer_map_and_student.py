@@ -171,7 +171,8 @@ def test_make_student_with_teacher_layers_needs_the_teachers_widths(teacher, sha
 
 
 def test_make_student_rejects_unknown_init(teacher):
-    with pytest.raises(ValueError, match=r"init must be one of \('random', 'teacher_layers'\), got 'teacher'\."):
+    expected = r"init must be one of \('random', 'teacher_layers', 'pruned'\), got 'teacher'\."
+    with pytest.raises(ValueError, match=expected):
         make_student(teacher, init="teacher")
 
 

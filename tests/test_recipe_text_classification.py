@@ -195,3 +195,17 @@ def test_results_record_the_data_checks(tiny_teacher_dir, reviews_csv, tmp_path)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["data_checks"] == expected
     assert expected["duplicates"]["test"] > 0  # 60 rows of 8 distinct texts: the test split repeats training texts
     assert results["data_checks"] == expected
+
+
+def test_a_pruned_student_starts_from_the_fine_tuned_teachers_slices(tiny_teacher_dir, reviews_csv, tmp_path):
+    # max_steps 0 would train nothing but is refused by the Trainer; a zero learning rate keeps the initial weights.
+    extra = ("--no_baseline", "true", "--student_init", "pruned", "--learning_rate", "0", "--warmup_steps", "0")
+    recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, *extra))
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    teacher_dirs = [path for path in (tmp_path / "teachers").iterdir() if (path / "config.json").is_file()]
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dirs[0])
+    assert (student.config.num_hidden_layers, student.config.hidden_size) == (1, 16)
+    # Every student classifier column is one of the fine-tuned teacher's (the kept hidden channels).
+    teacher_columns = teacher.classifier.weight.T
+    for column in student.classifier.weight.T:
+        assert any(torch.equal(column, candidate) for candidate in teacher_columns)

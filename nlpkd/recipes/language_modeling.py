@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Stage 2: distil the student.
     set_seed(args.seed)  # the same student whether the teacher was just trained or loaded from the cache
-    student = build_student(teacher, student_args, AUTO_CLASSES[objective])
+    student = build_student(teacher, student_args, AUTO_CLASSES[objective], blocks["train"], collator)
     baseline = None if student_args.no_baseline or objective == "general" else copy.deepcopy(student)
     # Stage 3 follows inside: the baseline, the same student and schedule without a teacher.
     trainer = distil_and_train_baseline(

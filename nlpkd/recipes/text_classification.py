@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
     search = None
     if search_args.search_trials is not None:
         search = search_distillation(
-            lambda: build_student(teacher, student_args, AutoModelForSequenceClassification),
+            lambda: build_student(
+                teacher, student_args, AutoModelForSequenceClassification, tokenized["train"], collator
+            ),
             teacher,
             args,
             search_args,
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Stage 2: distil the student.
     set_seed(args.seed)  # the same student whether the teacher was just trained or loaded from the cache
-    student = build_student(teacher, student_args, AutoModelForSequenceClassification)
+    student = build_student(teacher, student_args, AutoModelForSequenceClassification, tokenized["train"], collator)
     baseline = None if student_args.no_baseline else copy.deepcopy(student)
     # Stage 3 follows inside: the baseline, the same student and schedule without a teacher.
     trainer = distil_and_train_baseline(
