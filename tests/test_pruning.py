@@ -112,3 +112,16 @@ def test_other_architectures_are_refused(batches):
     with pytest.raises(ValueError, match="init='pruned' knows BERT-style layers"):
         make_student(teacher, num_hidden_layers=1, hidden_size=16, num_attention_heads=2, init="pruned",
                      calibration_data=batches)  # fmt: skip
+
+
+def test_a_masked_lm_keeps_its_tied_head(batches):
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(tiny_bert_config(initializer_range=0.2, **NO_DROPOUT)).eval()
+    shape = dict(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=20)
+    student = make_student(teacher, **shape, init="pruned", calibration_data=batches)
+    decoder = student.cls.predictions.decoder
+    assert decoder.weight.data_ptr() == student.bert.embeddings.word_embeddings.weight.data_ptr()
+    torch.testing.assert_close(decoder.bias, teacher.cls.predictions.decoder.bias, rtol=0, atol=0)
+    assert student(**features(batches[0])).logits.shape == (8, batches[0]["input_ids"].shape[1], 99)
