@@ -13,7 +13,7 @@ from .schedules import SCHEDULES
 
 LOGIT_LOSSES = ("kl", "mse", "soft_ce")
 ATTENTION_LOSSES = ("mse", "kl")
-LOSS_WEIGHTS = ("hard_label_weight", "logit_weight", "hidden_weight", "attention_weight")
+LOSS_WEIGHTS = ("hard_label_weight", "logit_weight", "hidden_weight", "attention_weight", "relation_weight")
 
 
 @dataclass
@@ -40,6 +40,14 @@ class DistillationArguments(TrainingArguments):
             every mapped layer and of the embeddings, over non-padding tokens.
         attention_weight (`float`, *optional*, defaults to `0.0`):
             Weight of the attention-map loss over every mapped layer and head.
+        relation_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of MiniLMv2's self-attention relation loss: the KL between the teacher's and the student's
+            Q-Q, K-K and V-V relation distributions, of `relation_teacher_layer` against the student's last layer,
+            in `relation_heads` heads (no projections; widths and head counts need not match).
+        relation_teacher_layer (`int`, *optional*):
+            The teacher layer (1..N) the relations come from; default the last.
+        relation_heads (`int`, *optional*):
+            Relation heads both sides are split into; must divide both widths. Default: the teacher's head count.
         logit_loss (`str`, *optional*, defaults to `"kl"`):
             `"kl"`: KL(p_teacher ‖ p_student) at temperature T, times T² (Hinton et al.). `"soft_ce"`: cross-entropy
             against the teacher's soft targets, times T² (TinyBERT's prediction loss). `"mse"`: mean squared error
@@ -86,6 +94,16 @@ class DistillationArguments(TrainingArguments):
     )
     attention_weight: float = field(
         default=0.0, metadata={"help": "Weight (>= 0) of the attention-map loss over mapped layers (0 = off)."}
+    )
+    relation_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight (>= 0) of MiniLMv2's Q-Q/K-K/V-V relation loss (0 = off)."},
+    )
+    relation_teacher_layer: int | None = field(
+        default=None, metadata={"help": "Teacher layer (1..N) of the relation loss; default: the last."}
+    )
+    relation_heads: int | None = field(
+        default=None, metadata={"help": "Relation heads (divides both widths); default: the teacher's head count."}
     )
     logit_loss: Literal["kl", "mse", "soft_ce"] = field(
         default="kl",
@@ -187,6 +205,10 @@ class DistillationArguments(TrainingArguments):
                 )
             if sum(weights) == 0:
                 raise ValueError(f"teacher_weights are all 0 ({weights}): give at least one teacher a weight > 0.")
+        for name in ("relation_teacher_layer", "relation_heads"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 (or unset), got {value!r}.")
         if type(self.teacher_logits_top_k) is not int or self.teacher_logits_top_k < 1:
             raise ValueError(
                 f"teacher_logits_top_k must be an integer >= 1, got {self.teacher_logits_top_k!r}; 64 keeps almost "
@@ -212,12 +234,12 @@ class DistillationArguments(TrainingArguments):
                 f"{cache} is a file, but the teacher cache is a folder (one sub-folder per teacher and data). Pass "
                 "the path of a folder, new or existing, e.g. the file's name without its extension."
             )
-        layer_wise = {name: getattr(self, name) for name in ("hidden_weight", "attention_weight")}
+        layer_wise = {name: getattr(self, name) for name in ("hidden_weight", "attention_weight", "relation_weight")}
         if any(value > 0 for value in layer_wise.values()):
             raise ValueError(
                 f"{cache} keeps only the teacher's logits, but {layer_wise} need its hidden states or attention "
-                "maps at every step. Set hidden_weight=0 and attention_weight=0, or teacher_logits_cache_dir=None "
-                "to run the teacher online."
+                "maps at every step. Set hidden_weight=0, attention_weight=0 and relation_weight=0, or "
+                "teacher_logits_cache_dir=None to run the teacher online."
             )
         if self.logit_weight == 0:
             raise ValueError(
@@ -232,7 +254,7 @@ class DistillationArguments(TrainingArguments):
 
     @property
     def needs_teacher(self) -> bool:
-        return self.logit_weight > 0 or self.hidden_weight > 0 or self.attention_weight > 0
+        return any(getattr(self, name) > 0 for name in LOSS_WEIGHTS if name != "hard_label_weight")
 
 
 @dataclass
@@ -284,6 +306,11 @@ class Seq2SeqDistillationArguments(DistillationArguments, Seq2SeqTrainingArgumen
             value = getattr(self, name)
             if value is not None and (not value or not all(type(g) is int and g >= 1 for g in value)):
                 raise ValueError(f"{name} must be a non-empty list of teacher layer numbers >= 1, got {value}.")
+        if self.relation_weight > 0:
+            raise ValueError(
+                f"relation_weight={self.relation_weight} is for encoder-only and decoder-only models; a seq2seq "
+                "model's stacks are distilled with hidden_weight and attention_weight. Set relation_weight=0."
+            )
         if self.teacher_logits_cache_dir is not None:
             raise ValueError(
                 f"teacher_logits_cache_dir={self.teacher_logits_cache_dir!r} is for encoder-only and decoder-only "

@@ -71,6 +71,7 @@ class SelfAttention:
 
     query: nn.Module
     key: nn.Module
+    value: nn.Module | None
     names: ProjectionNames
     scale: float | None  # None: 1/√head_dim (or 1 for unscaled architectures)
     causal: bool
@@ -96,7 +97,10 @@ def find_query_key(layer: nn.Module, model_name: str, cross: bool = False) -> Se
                 heads = next(
                     (getattr(module, n) for n in HEAD_COUNT_NAMES if isinstance(getattr(module, n, None), int)), None
                 )
-                return SelfAttention(query, key, names, scale if isinstance(scale, float) else None, causal, heads)
+                value = getattr(module, names.value, None)
+                value = value if isinstance(value, PROJECTION_TYPES) else None
+                scale = scale if isinstance(scale, float) else None
+                return SelfAttention(query, key, value, names, scale, causal, heads)
     known = ", ".join(f"{n.query}/{n.key}/{n.value}" for n in PROJECTION_NAMES)
     raise ValueError(
         f"Attention distillation does not know the {kind} projections of {model_name}: none of {known} found in "
@@ -106,14 +110,22 @@ def find_query_key(layer: nn.Module, model_name: str, cross: bool = False) -> Se
 
 
 class AttentionCapture:
-    """Records the self-attention queries and keys of chosen layers (1-based) while `recording()` is active.
+    """Records the self-attention queries and keys (with `values`, also the values) of chosen layers (1-based) while
+    `recording()` is active.
 
     `blocks` is the list of layers to look in (default: `find_layers(model)`; a seq2seq model's encoder or decoder
     layers); `cross` records the decoder layers' cross-attention instead (queries from the decoder, keys from the
     encoder's states).
     """
 
-    def __init__(self, model: nn.Module, layers: list[int], blocks: nn.ModuleList | None = None, cross: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[int],
+        blocks: nn.ModuleList | None = None,
+        cross: bool = False,
+        values: bool = False,
+    ):
         self.num_heads = getattr(model.config, "num_attention_heads", None)
         self.layers = sorted(set(layers))
         self._recording = False
@@ -129,6 +141,8 @@ class AttentionCapture:
             else:
                 self._handles.append(attention.query.register_forward_hook(self._hook(layer, "query")))
                 self._handles.append(attention.key.register_forward_hook(self._hook(layer, "key")))
+                if values and attention.value is not None:
+                    self._handles.append(attention.value.register_forward_hook(self._hook(layer, "value")))
         # Whether a query may attend to later keys: the attention losses mask future keys of causal models.
         self.causal = any(attention.causal for attention in self._attention.values())
 
@@ -176,6 +190,16 @@ class AttentionCapture:
         # product back down.
         with torch.autocast(query.device.type, enabled=False):
             return (query @ key.transpose(-1, -2)) * scale
+
+    def projections(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, W) fp32 queries, keys and values of `layer` (a capture made with `values=True`)."""
+        if (layer, "fused") in self._outputs:
+            query, key, value = self._outputs[layer, "fused"].float().chunk(3, dim=-1)
+            return query, key, value
+        if (layer, "value") not in self._outputs:
+            raise RuntimeError(f"No values recorded for layer {layer}: make the capture with values=True and run the "
+                               "model inside `recording()`.")  # fmt: skip
+        return tuple(self._outputs[layer, role].float() for role in ("query", "key", "value"))
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -201,6 +201,37 @@ def attention_kl_loss(
     return _masked_mean(per_row, None if mask is None else mask.bool()[:, None, :])
 
 
+def relation_scores(states: torch.Tensor, heads: int) -> torch.Tensor:
+    """MiniLMv2's self-relation scores: `states` (B, T, W) split into `heads` relation heads of width d = W / heads,
+    x_r·x_rᵀ/√d per head: (B, heads, T, T) fp32."""
+    batch, length, width = states.shape
+    split = states.float().view(batch, length, heads, width // heads).transpose(1, 2)  # (B, R, T, d)
+    return (split @ split.transpose(-1, -2)) * (width // heads) ** -0.5
+
+
+def relation_kl_loss(
+    student: tuple[torch.Tensor, ...],
+    teacher: tuple[torch.Tensor, ...],
+    heads: int,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """MiniLMv2's multi-head self-attention relation loss: Σ over the (query, key, value) relations of the KL between
+    the teacher's and the student's relation distributions softmax(x_r·x_rᵀ/√d), per relation head and query row,
+    over real (and, when `causal`, not later) keys, averaged over heads and real query rows.
+
+    Args:
+        student: the student's (queries, keys, values) of one layer, each (B, T, Ws); Ws divisible by `heads`.
+        teacher: the teacher's, each (B, T, Wt); widths and head counts need not match the student's.
+        heads: the number of relation heads both sides are split into.
+        mask: (B, T) attention mask.
+    """
+    return sum(
+        attention_kl_loss(relation_scores(s, heads), relation_scores(t, heads), mask, causal)
+        for s, t in zip(student, teacher, strict=True)
+    )
+
+
 def pair_mask(
     mask: torch.Tensor | None,
     length: int,

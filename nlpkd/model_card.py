@@ -196,6 +196,9 @@ def distillation_setup(args, layer_map, student: torch.nn.Module) -> dict[str, s
         losses.append(f"hidden_loss × {args.hidden_weight} (MSE of the projected hidden states)")
     if args.attention_weight > 0:
         losses.append(f"attention_loss × {args.attention_weight} ({args.attention_loss} of the attention maps)")
+    if getattr(args, "relation_weight", 0) > 0:
+        layer = args.relation_teacher_layer or "last"
+        losses.append(f"relation_loss × {args.relation_weight} (MiniLMv2 Q/K/V relations, teacher layer {layer})")
     setup = {"losses": "; ".join(losses)}
     if hasattr(args, "cross_attention_weight") and (args.hidden_weight > 0 or args.attention_weight > 0):
         setup["stack weights"] = (

@@ -29,12 +29,13 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .capture import AttentionCapture, stack_layer_list
+from .capture import AttentionCapture, find_layers, stack_layer_list
 from .losses import (
     attention_kl_loss,
     attention_scores_mse_loss,
     hidden_mse_loss,
     logit_kd_loss,
+    relation_kl_loss,
     sparse_logit_kd_loss,
     teacher_mixture_logits,
 )
@@ -230,6 +231,64 @@ class AttentionTerm:
 
 
 @dataclass(frozen=True)
+class RelationTerm:
+    """MiniLMv2's multi-head self-attention relations (Q-Q, K-K, V-V) of one teacher layer against one student layer,
+    each side split into `heads` relation heads: no projections, and widths and head counts need not match."""
+
+    group: ClassVar[str] = "layers"
+
+    name: str
+    student_capture: AttentionCapture  # made with values=True
+    teacher_capture: AttentionCapture
+    student_layer: int
+    teacher_layer: int
+    heads: int
+    causal: bool
+    count: str
+    weight: float
+    teacher: int = 0
+
+    def loss(self, view: BatchView) -> torch.Tensor:
+        student = self.student_capture.projections(self.student_layer)
+        teacher = self.teacher_capture.projections(self.teacher_layer)
+        return relation_kl_loss(student, teacher, self.heads, side_mask(view.inputs, "source"), self.causal)
+
+
+def relation_term(student, teacher, args, share: "TeacherShare") -> RelationTerm:
+    """The relation term of an encoder-only or decoder-only pair: the student's last layer against
+    `relation_teacher_layer` (default: the teacher's last), in `relation_heads` heads (default: the teacher's)."""
+    student_layer = len(find_layers(student))
+    teacher_depth = len(find_layers(teacher))
+    teacher_layer = args.relation_teacher_layer or teacher_depth
+    if not 1 <= teacher_layer <= teacher_depth:
+        raise ValueError(
+            f"relation_teacher_layer={teacher_layer}, but the teacher has layers 1..{teacher_depth}: pick one of them "
+            "(MiniLMv2 uses an upper-middle one for large teachers, the last for base-size ones)."
+        )
+    heads = args.relation_heads or teacher.config.num_attention_heads
+    widths = {"student": student.config.hidden_size, "teacher": teacher.config.hidden_size}
+    if any(width % heads for width in widths.values()):
+        raise ValueError(
+            f"relation_heads={heads} must divide both widths {widths}: each side's queries, keys and values are "
+            "split into that many relation heads. Pick a common divisor."
+        )
+    student_capture = AttentionCapture(student, [student_layer], values=True)
+    teacher_capture = AttentionCapture(teacher, [teacher_layer], values=True)
+    return RelationTerm(
+        f"relation_loss{share.suffix}",
+        student_capture,
+        teacher_capture,
+        student_layer,
+        teacher_layer,
+        heads,
+        student_capture.causal,
+        "tokens",
+        args.relation_weight * share.weight,
+        share.index,
+    )
+
+
+@dataclass(frozen=True)
 class TeacherShare:
     """Which teacher a set of layer-wise terms learns from, with which weight, under which name suffix."""
 
@@ -239,7 +298,8 @@ class TeacherShare:
 
 
 def single_stack_terms(student, teacher, layer_map: list[int], args, share: TeacherShare) -> tuple[list, list]:
-    """The layer-wise terms of an encoder-only or decoder-only pair that `args` switches on."""
+    """The layer-wise terms of an encoder-only or decoder-only pair that `args` switches on: (hidden-state terms,
+    capture terms — attention maps and MiniLMv2 relations)."""
     hidden_terms, attention_terms = [], []
     if args.hidden_weight > 0:
         weight = args.hidden_weight * share.weight
@@ -264,6 +324,8 @@ def single_stack_terms(student, teacher, layer_map: list[int], args, share: Teac
                 share.index,
             )  # fmt: skip
         )
+    if args.relation_weight > 0:
+        attention_terms.append(relation_term(student, teacher, args, share))
     return hidden_terms, attention_terms
 
 

@@ -453,6 +453,7 @@ class DistillationTrainer(PublishingMixin, DistillationMixin, Trainer):
 
     `teacher_model` may be a list of teachers, weighted by `args.teacher_weights`: logit KD learns the weighted mixture
     of their tempered distributions, and each teacher gets its own layer-wise terms (`hidden_loss_teacher0`, ...).
+    With `relation_weight`, MiniLMv2's Q/K/V self-attention relations are distilled too (`relation_loss`).
     Every loss is a term (`nlpkd.terms`): `trainer.terms` lists the enabled ones, `trainer.loss_weights` their
     weights, and `trainer.loss_components(batch)` their values on one batch.
     """
