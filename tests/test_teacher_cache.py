@@ -145,7 +145,7 @@ def test_sparse_loss_refuses_mse():
     "settings, message",
     [
         (dict(teacher_logits_top_k=0), "teacher_logits_top_k must be an integer >= 1, got 0"),
-        (dict(teacher_logits_cache_dir="c", hidden_weight=1.0), "Set hidden_weight=0, attention_weight=0 and relation_weight=0"),
+        (dict(teacher_logits_cache_dir="c", hidden_weight=1.0), "Set hidden_weight=0, attention_weight=0 and rel"),
         (dict(teacher_logits_cache_dir="c", attention_weight=0.5), "'attention_weight': 0.5"),
         (dict(teacher_logits_cache_dir="c", logit_loss="mse"), "logit_loss='mse' compares every raw logit"),
         (dict(teacher_logits_cache_dir="c", logit_weight=0.0), "logit_weight=0: no loss reads"),
