@@ -16,18 +16,16 @@ summarised together.
 """
 
 import argparse
-import logging
 import os
 import sys
 
 import numpy as np
 import torch
-from student_runs import SPLITS, distil, split_argv, summary, write_json
+from student_runs import SPLITS, distil, prepared_data, split_argv, summary, write_json
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import DataCollatorWithPadding
 
-from nlpkd.classification import tokenize
-from nlpkd.recipes.text_classification import load_data, parse_args, prepare_teacher
+from nlpkd.recipes.text_classification import parse_args, prepare_teacher
 
 
 def main(argv: list[str]) -> None:
@@ -38,10 +36,7 @@ def main(argv: list[str]) -> None:
     if options.summarise_only:
         print(summary(folder))
         return
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    data = load_data(data_args)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_args.teacher_path)
-    tokenized = tokenize(data, tokenizer, data_args.max_seq_length)
+    data, tokenizer, tokenized = prepared_data(data_args, teacher_args)
     teachers = []
     for seed in options.teacher_seeds:
         teacher_args.teacher_seed = seed

@@ -12,15 +12,13 @@ processes are summarised together.
 """
 
 import argparse
-import logging
 import os
 import sys
 
-from student_runs import SPLITS, distil, split_argv, summary, write_json
-from transformers import AutoTokenizer
+from student_runs import SPLITS, distil, prepared_data, split_argv, summary, write_json
 
-from nlpkd.classification import predict_labels, tokenize
-from nlpkd.recipes.text_classification import load_data, parse_args, prepare_teacher
+from nlpkd.classification import predict_labels
+from nlpkd.recipes.text_classification import parse_args, prepare_teacher
 from nlpkd.report import majority_class_rate
 
 # Argument changes of each configuration over the recipe's settings (which train all four losses).
@@ -48,10 +46,7 @@ def main(argv: list[str]) -> None:
     if options.summarise_only:
         print(summary(folder, KEYS))
         return
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    data = load_data(data_args)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_args.teacher_path)
-    tokenized = tokenize(data, tokenizer, data_args.max_seq_length)
+    data, tokenizer, tokenized = prepared_data(data_args, teacher_args)
     teacher = prepare_teacher(teacher_args, data, tokenized, tokenizer, args, data_args.max_seq_length)
     os.makedirs(folder, exist_ok=True)
     models = {}

@@ -4,14 +4,16 @@ a summary table (mean ± sample std over seeds) of every result file in a folder
 
 import dataclasses
 import json
+import logging
 import os
 import statistics
 
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
 from nlpkd import DistillationTrainer
-from nlpkd.classification import compute_accuracy_f1
+from nlpkd.classification import compute_accuracy_f1, tokenize
 from nlpkd.pipeline import build_student
+from nlpkd.recipes.text_classification import load_data
 
 SPLITS = ("validation", "test")
 
@@ -22,6 +24,14 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
         at = argv.index("--")
         return argv[:at], argv[at + 1 :]
     return argv, []
+
+
+def prepared_data(data_args, teacher_args) -> tuple:
+    """(data, tokenizer, tokenized data) of the recipe's data arguments, with INFO logging on."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    data = load_data(data_args)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_args.teacher_path)
+    return data, tokenizer, tokenize(data, tokenizer, data_args.max_seq_length)
 
 
 def distil(teachers, seed: int, student_args, args, tokenized, tokenizer, output_dir: str, **changes) -> dict:
