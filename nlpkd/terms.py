@@ -4,13 +4,15 @@ terms need and sums weight × loss × scale over them (see `DistillationMixin.co
 A term has
 - `name`: its log key (`hard_loss`, `logit_loss`, `hidden_loss`, `encoder_attention_loss`, ...),
 - `weight`: its weight in the total: its argument field (`hard_label_weight`, `logit_weight`, `hidden_weight`,
-  `attention_weight`) times its share (a seq2seq stack's weight, a teacher's `teacher_weights` entry),
+  `attention_weight`, `relation_weight`) times its share (a seq2seq stack's weight, a teacher's `teacher_weights`
+  entry),
 - `count`: the `positions.batch_counts` key that normalises it over an optimizer step,
 - `loss(view)`: a pure function of one `BatchView`, the batch's mean over the positions it counts,
 - `group`: `prediction` or `layers`, whose scale a loss schedule sets (`nlpkd.schedules`).
 What a term asks of the forward passes is read off its type: `HiddenTerm` needs the student's projected hidden
-states and its teacher's hidden states, `AttentionTerm` records attention scores through its captures, and every
-term with a `teacher` index needs that teacher run.
+states and its teacher's hidden states, `AttentionTerm` and `RelationTerm` read what their captures record during the
+forward passes (the trainer keeps both kinds in `attention_terms`), and every term with a `teacher` index needs that
+teacher run.
 
 A new loss is one term class here (or a new instance of one), its weight field in `DistillationArguments`, and the
 line that adds it in `output_terms` or the trainer's `_layer_terms`; nothing else in the trainer changes.
@@ -231,6 +233,15 @@ class AttentionTerm:
 
 
 @dataclass(frozen=True)
+class TeacherShare:
+    """Which teacher a set of layer-wise terms learns from, with which weight, under which name suffix."""
+
+    index: int = 0
+    weight: float = 1.0
+    suffix: str = ""  # "" for a single teacher, else "_teacher{index}"
+
+
+@dataclass(frozen=True)
 class RelationTerm:
     """MiniLMv2's multi-head self-attention relations (Q-Q, K-K, V-V) of one teacher layer against one student layer,
     each side split into `heads` relation heads: no projections, and widths and head counts need not match."""
@@ -254,7 +265,7 @@ class RelationTerm:
         return relation_kl_loss(student, teacher, self.heads, side_mask(view.inputs, "source"), self.causal)
 
 
-def relation_term(student, teacher, args, share: "TeacherShare") -> RelationTerm:
+def relation_term(student, teacher, args, share: TeacherShare) -> RelationTerm:
     """The relation term of an encoder-only or decoder-only pair: the student's last layer against
     `relation_teacher_layer` (default: the teacher's last), in `relation_heads` heads (default: the teacher's)."""
     student_layer = len(find_layers(student))
@@ -286,15 +297,6 @@ def relation_term(student, teacher, args, share: "TeacherShare") -> RelationTerm
         args.relation_weight * share.weight,
         share.index,
     )
-
-
-@dataclass(frozen=True)
-class TeacherShare:
-    """Which teacher a set of layer-wise terms learns from, with which weight, under which name suffix."""
-
-    index: int = 0
-    weight: float = 1.0
-    suffix: str = ""  # "" for a single teacher, else "_teacher{index}"
 
 
 def single_stack_terms(student, teacher, layer_map: list[int], args, share: TeacherShare) -> tuple[list, list]:
