@@ -42,6 +42,8 @@ def build_student(
     (with `student_init="pruned"`, ranked on the first `CALIBRATION_BATCHES` batches of `train_dataset`)."""
     if student_args.student_model_name_or_path is None:
         calibration = None
+        if student_args.student_init == "auto" and train_dataset is not None and collator is not None:
+            calibration = calibration_batches(train_dataset, collator)
         if student_args.student_init == "pruned":
             if train_dataset is None or collator is None:
                 raise ValueError(

@@ -18,7 +18,6 @@ import math
 from collections.abc import Iterable
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 
 from .capture import find_layers
@@ -98,7 +97,9 @@ def prune_into(teacher: PreTrainedModel, student: PreTrainedModel, calibration_d
     """Fill `student` (the teacher's class, narrower and shallower) with the teacher's most important slices."""
     teacher_config, student_config = teacher.config, student.config
     teacher_blocks, student_blocks = find_layers(teacher), find_layers(student)
-    _check_prunable(teacher, student, teacher_blocks)
+    problem = pruning_problem(teacher, student)
+    if problem is not None:
+        raise ValueError(problem)
     layer_map = uniform_layer_map(len(student_blocks), len(teacher_blocks))
     scores = importance(teacher, calibration_data, sorted(set(layer_map)))
     hidden = _top(scores[("hidden",)], student_config.hidden_size)
@@ -142,10 +143,12 @@ def prune_into(teacher: PreTrainedModel, student: PreTrainedModel, calibration_d
     student.tie_weights()
 
 
-def _check_prunable(teacher: PreTrainedModel, student: PreTrainedModel, blocks: nn.ModuleList) -> None:
-    names = set(blocks[0].state_dict())
+def pruning_problem(teacher: PreTrainedModel, student: PreTrainedModel) -> str | None:
+    """Why `student` cannot be pruned from `teacher` (an architecture this module does not know, or a student size
+    above the teacher's), or None when it can."""
+    names = set(find_layers(teacher)[0].state_dict())
     if names != set(LAYER_AXES):
-        raise ValueError(
+        return (
             f"init='pruned' knows BERT-style layers (BERT, RoBERTa, ELECTRA, XLM-R); {type(teacher).__name__}'s "
             f"layers hold {sorted(names - set(LAYER_AXES))[:3] or 'other parameters'}. Use init='random' or "
             "'teacher_layers'."
@@ -161,10 +164,9 @@ def _check_prunable(teacher: PreTrainedModel, student: PreTrainedModel, blocks: 
             f"head width {s.hidden_size // s.num_attention_heads} > teacher {t.hidden_size // t.num_attention_heads}"
         )
     if wider:
-        raise ValueError(
-            f"init='pruned' keeps parts of the teacher, so no student size may exceed the teacher's: "
-            f"{'; '.join(wider)}."
-        )
+        sizes = "; ".join(wider)
+        return f"init='pruned' keeps parts of the teacher, so no student size may exceed the teacher's: {sizes}."
+    return None
 
 
 def _top(scores: torch.Tensor, count: int) -> torch.Tensor:

@@ -58,12 +58,12 @@ class StudentArguments:
     student_decoder_layers: int | None = field(
         default=None, metadata={"help": "Decoder depth of an encoder-decoder student (default: student_num_layers)."}
     )
-    student_init: Literal["random", "teacher_layers", "pruned"] = field(
+    student_init: Literal["random", "teacher_layers", "pruned", "auto"] = field(
         default="random",
         metadata={
             "help": "'random', 'teacher_layers' (copy embeddings and uniformly mapped layers; needs the teacher's "
-            "widths) or 'pruned' (the teacher's most important channels, heads and neurons at any smaller width; "
-            "BERT-style teachers).",
+            "widths), 'pruned' (the teacher's most important channels, heads and neurons at any smaller width; "
+            "BERT-style teachers) or 'auto' (pruned where it applies, else random).",
             "choices": STUDENT_INITS,
         },
     )

@@ -1,6 +1,7 @@
 """Build a TinyBERT-style student from a teacher: same class and task head, fewer and narrower layers."""
 
 import copy
+import logging
 from collections.abc import Iterable
 from typing import Literal
 
@@ -8,10 +9,12 @@ from transformers import PreTrainedModel
 
 from .capture import find_layers
 from .layer_map import uniform_layer_map
-from .pruning import prune_into
+from .pruning import prune_into, pruning_problem
 
-STUDENT_INITS = ("random", "teacher_layers", "pruned")
+STUDENT_INITS = ("random", "teacher_layers", "pruned", "auto")
 # Config fields under other names: GPT-2 calls the FFN width n_inner, DistilBERT hidden_dim.
+logger = logging.getLogger(__name__)
+
 CONFIG_ALIASES = {"intermediate_size": ("intermediate_size", "n_inner", "hidden_dim")}
 
 
@@ -21,7 +24,7 @@ def make_student(
     hidden_size: int = 312,
     num_attention_heads: int = 12,
     intermediate_size: int = 1200,
-    init: Literal["random", "teacher_layers", "pruned"] = "random",
+    init: Literal["random", "teacher_layers", "pruned", "auto"] = "random",
     num_decoder_layers: int | None = None,
     calibration_data: Iterable[dict] | None = None,
 ) -> PreTrainedModel:
@@ -34,6 +37,7 @@ def make_student(
     uniform map); this needs the teacher's hidden and intermediate sizes. `init="pruned"` (BERT-style encoders) also
     starts from the teacher at any smaller width: the most important hidden channels, heads, head dimensions and FFN
     neurons of those layers, measured on `calibration_data` (a few batches of model inputs; see `nlpkd.pruning`).
+    `init="auto"`: `pruned` when `calibration_data` is given and the pair allows it, else `random` (logged).
     """
     if init not in STUDENT_INITS:
         raise ValueError(f"init must be one of {STUDENT_INITS}, got {init!r}.")
@@ -68,9 +72,18 @@ def make_student(
     student = type(teacher)(config)
     if init == "teacher_layers":
         _copy_teacher_layers(teacher, student)
-    elif init == "pruned":
+    elif init == "pruned" or (init == "auto" and _auto_prunes(teacher, student, calibration_data)):
         prune_into(teacher, student, calibration_data)
     return student
+
+
+def _auto_prunes(teacher: PreTrainedModel, student: PreTrainedModel, calibration_data) -> bool:
+    problem = "no calibration data" if calibration_data is None else pruning_problem(teacher, student)
+    if problem is None:
+        logger.info("Student init: pruned from the teacher (init='auto').")
+        return True
+    logger.info("Student init: random (init='auto'; pruning does not apply: %s)", problem)
+    return False
 
 
 def _shape(config, shape: dict) -> None:

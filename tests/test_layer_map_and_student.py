@@ -171,7 +171,7 @@ def test_make_student_with_teacher_layers_needs_the_teachers_widths(teacher, sha
 
 
 def test_make_student_rejects_unknown_init(teacher):
-    expected = r"init must be one of \('random', 'teacher_layers', 'pruned'\), got 'teacher'\."
+    expected = r"init must be one of \('random', 'teacher_layers', 'pruned', 'auto'\), got 'teacher'\."
     with pytest.raises(ValueError, match=expected):
         make_student(teacher, init="teacher")
 

@@ -125,3 +125,25 @@ def test_a_masked_lm_keeps_its_tied_head(batches):
     assert decoder.weight.data_ptr() == student.bert.embeddings.word_embeddings.weight.data_ptr()
     torch.testing.assert_close(decoder.bias, teacher.cls.predictions.decoder.bias, rtol=0, atol=0)
     assert student(**features(batches[0])).logits.shape == (8, batches[0]["input_ids"].shape[1], 99)
+
+
+def test_auto_prunes_where_it_applies_and_falls_back_to_random(teacher, batches, caplog):
+    shape = dict(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=20)
+    pruned = make_student(teacher, **shape, init="pruned", calibration_data=batches)
+    with caplog.at_level("INFO", logger="nlpkd.student"):
+        auto = make_student(teacher, **shape, init="auto", calibration_data=batches)
+    assert "Student init: pruned from the teacher" in caplog.text
+    for name, value in auto.state_dict().items():
+        torch.testing.assert_close(value, pruned.state_dict()[name], rtol=0, atol=0, msg=name)
+    caplog.clear()
+    torch.manual_seed(3)
+    wider = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=37)
+    with caplog.at_level("INFO", logger="nlpkd.student"):
+        random_student = make_student(teacher, **wider, init="auto", calibration_data=batches)
+    assert "Student init: random (init='auto'; pruning does not apply: init='pruned' keeps parts" in caplog.text
+    torch.manual_seed(3)
+    expected = make_student(teacher, **wider, init="random")
+    torch.testing.assert_close(random_student.classifier.weight, expected.classifier.weight, rtol=0, atol=0)
+    with caplog.at_level("INFO", logger="nlpkd.student"):
+        make_student(teacher, **shape, init="auto")
+    assert "pruning does not apply: no calibration data" in caplog.text
