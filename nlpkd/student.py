@@ -70,10 +70,13 @@ def make_student(
     config.architectures = [type(teacher).__name__]
     config._name_or_path = ""
     student = type(teacher)(config)
+    if init == "auto":
+        init = "pruned" if _auto_prunes(teacher, student, calibration_data) else "random"
     if init == "teacher_layers":
         _copy_teacher_layers(teacher, student)
-    elif init == "pruned" or (init == "auto" and _auto_prunes(teacher, student, calibration_data)):
+    elif init == "pruned":
         prune_into(teacher, student, calibration_data)
+    student.nlpkd_init = init  # how it started (`auto` resolved), for the model card; not saved with the weights
     return student
 
 

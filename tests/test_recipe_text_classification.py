@@ -209,3 +209,11 @@ def test_a_pruned_student_starts_from_the_fine_tuned_teachers_slices(tiny_teache
     teacher_columns = teacher.classifier.weight.T
     for column in student.classifier.weight.T:
         assert any(torch.equal(column, candidate) for candidate in teacher_columns)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "student initialisation: pruned (nlpkd.make_student); one stage" in card
+
+
+def test_the_default_auto_init_prunes_a_bert_teacher_and_says_so_on_the_card(tiny_teacher_dir, reviews_csv, tmp_path):
+    recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true"))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "student initialisation: pruned (nlpkd.make_student, by student_init=auto); one stage" in card
