@@ -45,8 +45,7 @@ def distil(teachers, seed: int, student_args, args, tokenized, tokenizer, output
         load_best_model_at_end=False,
         **changes,
     )
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-    run_args = type(args)(**{**values, **changes})
+    run_args = dataclasses.replace(args, **changes)
     set_seed(seed)
     collator = DataCollatorWithPadding(tokenizer)
     student = build_student(
@@ -54,7 +53,7 @@ def distil(teachers, seed: int, student_args, args, tokenized, tokenizer, output
     )
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teachers if len(teachers) > 1 else teachers[0],
+        teacher_model=teachers,
         args=run_args,
         train_dataset=tokenized["train"],
         processing_class=tokenizer,

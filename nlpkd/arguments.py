@@ -325,7 +325,7 @@ class Seq2SeqDistillationArguments(DistillationArguments, Seq2SeqTrainingArgumen
 def normalised_teacher_weights(weights: list[float] | None, count: int) -> list[float]:
     """`teacher_weights` divided by their sum (equal weights when None), checked against the number of teachers."""
     if weights is None:
-        return [1.0 / count] * count if count > 1 else [1.0]
+        return [1.0 / count] * count
     if len(weights) != count:
         raise ValueError(
             f"teacher_weights={weights} has {len(weights)} entries, but teacher_model has {count} teacher(s): give "

@@ -30,6 +30,7 @@ import torch
 from datasets.table import InMemoryTable
 from transformers import PreTrainedModel
 
+from .arguments import normalised_teacher_weights
 from .fingerprint import data_digest, file_digest, settings_key, teacher_digest
 from .losses import teacher_mixture_logits
 from .positions import distilled_rows
@@ -88,8 +89,7 @@ def as_cached_teachers(
     teacher: PreTrainedModel | list[PreTrainedModel], weights: list[float] | None, temperature: float
 ) -> CachedTeachers:
     models = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-    weights = [1.0 / len(models)] * len(models) if weights is None else list(weights)
-    return CachedTeachers(models, weights, temperature)
+    return CachedTeachers(models, normalised_teacher_weights(weights, len(models)), temperature)
 
 
 @torch.no_grad()
