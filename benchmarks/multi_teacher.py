@@ -31,7 +31,7 @@ from nlpkd.recipes.text_classification import parse_args, prepare_teacher
 def main(argv: list[str]) -> None:
     own, recipe_argv = split_argv(argv)
     options = benchmark_options(own)
-    data_args, teacher_args, student_args, _, args = parse_args(recipe_argv)
+    data_args, teacher_args, student_args, *_, args = parse_args(recipe_argv)
     folder = os.path.join(args.output_dir, "multi_teacher")
     if options.summarise_only:
         print(summary(folder))

@@ -41,7 +41,7 @@ KEYS = ("validation", "test", "test_f1")
 def main(argv: list[str]) -> None:
     own, recipe_argv = split_argv(argv)
     options = benchmark_options(own)
-    data_args, teacher_args, student_args, _, args = parse_args(recipe_argv)
+    data_args, teacher_args, student_args, *_, args = parse_args(recipe_argv)
     folder = os.path.join(args.output_dir, "schedules")
     if options.summarise_only:
         print(summary(folder, KEYS))

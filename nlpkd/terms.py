@@ -79,8 +79,10 @@ class HardTerm:
                 f"hard_label_weight={self.weight} but the student returned no loss: the batch has no "
                 f"{list(self.label_names)}. Add labels to the dataset, or set hard_label_weight=0."
             )
-        # A micro-batch whose labels are all ignored gives NaN from a mean loss; it holds no label to learn.
-        no_labels = self.level != "sequence" and not bool((view.inputs["labels"] != IGNORE_INDEX).any())
+        # A micro-batch whose labels are all ignored (padding, or augmented rows that only the teacher labels) gives
+        # NaN from a mean loss; it holds no label to learn.
+        labels = view.inputs["labels"]
+        no_labels = not labels.is_floating_point() and not bool((labels != IGNORE_INDEX).any())
         return outputs.logits.sum() * 0.0 if no_labels else outputs.loss
 
 

@@ -217,3 +217,35 @@ def test_the_default_auto_init_prunes_a_bert_teacher_and_says_so_on_the_card(tin
     recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true"))
     card = (tmp_path / "out" / "README.md").read_text()
     assert "student initialisation: pruned (nlpkd.make_student, by student_init=auto); one stage" in card
+
+
+def test_augmented_rows_train_the_student_and_the_baseline_keeps_the_originals(
+    tiny_teacher_dir, reviews_csv, tmp_path, monkeypatch
+):
+    trained_on = {}
+    distil = recipe.distil_and_train_baseline
+
+    def record(student, baseline, teacher, args, train_dataset, *rest, baseline_train_dataset=None, **kwargs):
+        trained_on.update(student=train_dataset, baseline=baseline_train_dataset)
+        return distil(
+            student,
+            baseline,
+            teacher,
+            args,
+            train_dataset,
+            *rest,
+            baseline_train_dataset=baseline_train_dataset,
+            **kwargs,
+        )
+
+    monkeypatch.setattr(recipe, "distil_and_train_baseline", record)
+    results = recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--augment_copies", "2"))
+    originals, student_rows = trained_on["baseline"], trained_on["student"]
+    added = results["augmentation"]["rows"]
+    assert 0 < added <= 2 * len(originals) and len(student_rows) == len(originals) + added
+    assert set(originals["label"]) == {0, 1}
+    assert set(student_rows["label"][len(originals) :]) == {-100}  # taught by the teacher alone
+    # The teacher body had no MLM head: one was trained on the training texts and kept with the teachers.
+    assert str(tmp_path / "teachers") in results["augmentation"]["masked_lm"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"data augmentation: TinyBERT word replacement, {added:,} variants (2 per text" in card

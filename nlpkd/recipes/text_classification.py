@@ -6,10 +6,11 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-from datasets import DatasetDict
+from datasets import DatasetDict, Value, concatenate_datasets
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
 from nlpkd import DistillationArguments
+from nlpkd.augmentation import AugmentationArguments, augmentation_mlm, augmented_rows
 from nlpkd.classification import compute_accuracy_f1, evaluate_classifiers, label_names, labelled_teacher, tokenize
 from nlpkd.cli import parse_recipe_args
 from nlpkd.data import load_classification_data, split_checks
@@ -80,10 +81,9 @@ class DataArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple:
-    """(data, teacher, student, search, distillation) arguments from flags or one config file."""
-    return parse_recipe_args(
-        (DataArguments, TeacherArguments, StudentArguments, SearchArguments, DistillationArguments), DEFAULTS, argv
-    )
+    """(data, teacher, student, search, augmentation, distillation) arguments from flags or one config file."""
+    groups = (DataArguments, TeacherArguments, StudentArguments, SearchArguments, AugmentationArguments)
+    return parse_recipe_args((*groups, DistillationArguments), DEFAULTS, argv)
 
 
 def load_data(data_args: DataArguments) -> DatasetDict:
@@ -107,7 +107,7 @@ def load_data(data_args: DataArguments) -> DatasetDict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, teacher_args, student_args, search_args, args = parse_args(argv)
+    data_args, teacher_args, student_args, search_args, augment_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     check_length_limit("max_seq_length", data_args.max_seq_length, teacher_args, student_args)
@@ -127,6 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
     # Stage 1: a teacher with a trained head (fine-tuned once, then reused).
     teacher = prepare_teacher(teacher_args, data, tokenized, tokenizer, args, data_args.max_seq_length)
 
+    # Stage 1b (with --augment_copies): word-replaced variants of the training texts, for the student alone.
+    student_train, augmentation = tokenized["train"], None
+    if augment_args.augment_copies:
+        student_train, augmentation = augment_training_set(
+            augment_args, teacher_args, args, data["train"]["text"], tokenized["train"], teacher, tokenizer, data_args
+        )
+
     # Stage 2a (with --search_trials): search temperature and loss weights, each trial scored on the validation split.
     search = None
     if search_args.search_trials is not None:
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             teacher,
             args,
             search_args,
-            train_dataset=tokenized["train"],
+            train_dataset=student_train,
             eval_dataset=tokenized["validation"],
             processing_class=tokenizer,
             data_collator=collator,
@@ -155,11 +162,12 @@ def main(argv: list[str] | None = None) -> dict:
         baseline,
         teacher,
         args,
-        tokenized["train"],
+        student_train,
         tokenized["validation"],
         tokenizer,
         collator,
         compute_metrics=compute_accuracy_f1,
+        baseline_train_dataset=tokenized["train"],  # the baseline has no teacher to label augmented rows
     )
 
     # Stage 4 measures the models and writes results.json on the main process alone; the others are done.
@@ -177,12 +185,19 @@ def main(argv: list[str] | None = None) -> dict:
     results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
     results["speedup"] = results["student"]["speedup_b1"]
     results["distillation"] = distillation_settings(args, trainer.layer_map)
+    if augmentation is not None:
+        results["augmentation"] = augmentation
     results["data_checks"] = data_checks
     results["warnings"] = health_warnings(results)  # useless models, then the data checks'
     if search is not None:
         results["search"] = search
     report_results(results, args.output_dir)
     embedded = data_args.dataset_name is None and data_args.train_file is None
+    card_data = dataset_card(
+        data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, EMBEDDED_DATA
+    )
+    if augmentation is not None:
+        card_data["setup"] = {"data augmentation": augmentation_line(augmentation)}
     publish_student(
         trainer,
         results,
@@ -194,9 +209,47 @@ def main(argv: list[str] | None = None) -> dict:
         tasks="text-classification",
         language="en" if embedded else None,
         eval_split="test",
-        **dataset_card(data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, EMBEDDED_DATA),
+        **card_data,
     )
     return results
+
+
+def augment_training_set(augment_args, teacher_args, args, texts, train, teacher, tokenizer, data_args) -> tuple:
+    """The student's training rows: `train` and TinyBERT-style variants of its `texts` (`nlpkd.augmentation`),
+    labelled -100 so that only the teacher's outputs teach them; and what results.json says of them."""
+    max_length = data_args.max_seq_length
+    mlm = augmentation_mlm(augment_args, teacher_args, args, texts, tokenizer, max_length)
+    with args.main_process_first(desc="augmenting the training texts"):
+        rows = augmented_rows(
+            texts,
+            tokenizer,
+            mlm,
+            teacher,
+            augment_args,
+            teacher_args.teacher_cache_dir,
+            max_length,
+            show_progress=not args.disable_tqdm and args.should_log,
+        )
+        variants = tokenize(DatasetDict(train=rows.remove_columns("source")), tokenizer, max_length)["train"]
+    logger.info("Augmentation: %d variants of %d training texts", len(variants), len(texts))
+    summary = {
+        "copies": augment_args.augment_copies,
+        "probability": augment_args.augment_probability,
+        "candidates": augment_args.augment_candidates,
+        "seed": augment_args.augment_seed,
+        "masked_lm": mlm.name_or_path,
+        "rows": len(variants),
+    }
+    return concatenate_datasets([train.cast_column("label", Value("int64")), variants]), summary
+
+
+def augmentation_line(augmentation: dict) -> str:
+    """The model card's line on the augmented training data."""
+    return (
+        f"TinyBERT word replacement, {augmentation['rows']:,} variants ({augmentation['copies']} per text, each word "
+        f"replaced with probability {augmentation['probability']}, from {augmentation['candidates']} masked-LM or "
+        "embedding-neighbour candidates), learnt from the teacher's outputs alone"
+    )
 
 
 def prepare_teacher(teacher_args, data: DatasetDict, tokenized: DatasetDict, tokenizer, args, max_seq_length: int):
