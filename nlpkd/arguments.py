@@ -9,7 +9,7 @@ from typing import Literal
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from transformers.trainer_utils import HubStrategy
 
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, TEMPERATURE_SCHEDULES
 
 LOGIT_LOSSES = ("kl", "mse", "soft_ce")
 ATTENTION_LOSSES = ("mse", "kl")
@@ -70,6 +70,11 @@ class DistillationArguments(TrainingArguments):
             hard and logit losses alone).
         two_phase_split (`float`, *optional*, defaults to `0.5`):
             The fraction of the optimizer steps the first phase of `two_phase` takes (0 < split < 1).
+        temperature_schedule (`str`, *optional*, defaults to `"constant"`):
+            The logit-KD temperature over training (`nlpkd.schedules.temperature_at`): `constant` (`temperature`
+            throughout) or `linear` (from `temperature` at the start to `final_temperature` at the end).
+        final_temperature (`float`, *optional*, defaults to `1.0`):
+            The temperature a `linear` temperature schedule ends at (> 0).
         teacher_weights (`list[float]`, *optional*):
             With several teachers (`teacher_model=[t1, t2, ...]`), the weight of each (>= 0, normalised to sum 1;
             default equal). Logit KD learns the weighted mixture of their tempered distributions,
@@ -137,6 +142,14 @@ class DistillationArguments(TrainingArguments):
     two_phase_split: float = field(
         default=0.5, metadata={"help": "Fraction of the steps in two_phase's first (layer-loss) phase, in (0, 1)."}
     )
+    temperature_schedule: Literal["constant", "linear"] = field(
+        default="constant",
+        metadata={
+            "help": "Logit-KD temperature over training: 'constant' or 'linear' (temperature -> final_temperature).",
+            "choices": TEMPERATURE_SCHEDULES,
+        },
+    )
+    final_temperature: float = field(default=1.0, metadata={"help": "Where a linear temperature_schedule ends (> 0)."})
     teacher_weights: list[float] | None = field(
         default=None,
         metadata={
@@ -192,6 +205,15 @@ class DistillationArguments(TrainingArguments):
                 )
         if self.loss_schedule not in SCHEDULES:
             raise ValueError(f"loss_schedule must be one of {SCHEDULES}, got {self.loss_schedule!r}.")
+        if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
+            raise ValueError(
+                f"temperature_schedule must be one of {TEMPERATURE_SCHEDULES}, got {self.temperature_schedule!r}."
+            )
+        if not self.final_temperature > 0:
+            raise ValueError(
+                f"final_temperature must be > 0, got {self.final_temperature}; it is where a linear "
+                "temperature_schedule ends."
+            )
         if not 0 < self.two_phase_split < 1:
             raise ValueError(
                 f"two_phase_split must be in (0, 1), got {self.two_phase_split}: it is the fraction of the steps "

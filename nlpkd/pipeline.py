@@ -119,6 +119,10 @@ def distillation_settings(args, layer_map: list[int] | dict[str, list[int]]) -> 
     )
     settings = {name: getattr(args, name) for name in fields}
     settings.update(logit_loss=args.logit_loss, attention_loss=args.attention_loss, layer_map=layer_map or None)
+    if getattr(args, "loss_schedule", "constant") != "constant":
+        settings["loss_schedule"] = args.loss_schedule
+    if getattr(args, "temperature_schedule", "constant") != "constant":  # T moved from `temperature` to this
+        settings.update(temperature_schedule=args.temperature_schedule, final_temperature=args.final_temperature)
     if getattr(args, "teacher_logits_cache_dir", None) is not None:  # KD from the teacher's cached top-k logits
         settings["teacher_logits_top_k"] = args.teacher_logits_top_k
     return settings

@@ -1,6 +1,7 @@
 """DistillationTrainer: a `transformers.Trainer` whose student learns from a frozen teacher."""
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -27,7 +28,7 @@ from .distillation_model import (
 from .positions import MASKED_LM_CLASSES, batch_counts, logit_level
 from .preflight import check_teacher_student, check_tokenizer_fits
 from .publishing import PublishingMixin
-from .schedules import group_scales
+from .schedules import group_scales, temperature_at
 from .teacher_cache import CACHE_ROW, CacheRowCollator, TeacherCache, load_or_build_teacher_cache
 from .terms import BatchView, HiddenTerm, LogitTerm, TeacherShare, output_terms, single_stack_terms
 
@@ -288,10 +289,27 @@ class DistillationMixin:
         scales = self._group_scales()
         return {term.name: term.weight * scales[term.group] for term in self.terms}
 
-    def _group_scales(self) -> dict[str, float]:
+    def current_temperature(self) -> float:
+        """The logit-KD temperature now, under `args.temperature_schedule` at the current training progress."""
+        args = self.args
+        return temperature_at(args.temperature_schedule, args.temperature, args.final_temperature, self._progress())
+
+    def _progress(self) -> float:
         state = self.state
-        progress = state.global_step / state.max_steps if state.max_steps else 0.0
-        scales = group_scales(self.args.loss_schedule, progress, self.args.two_phase_split)
+        return state.global_step / state.max_steps if state.max_steps else 0.0
+
+    def _current_terms(self) -> list:
+        """The terms, with the scheduled temperature where the schedule moves it."""
+        if self.args.temperature_schedule == "constant":
+            return self.terms
+        temperature = self.current_temperature()
+        return [
+            dataclasses.replace(term, temperature=temperature) if hasattr(term, "temperature") else term
+            for term in self.terms
+        ]
+
+    def _group_scales(self) -> dict[str, float]:
+        scales = group_scales(self.args.loss_schedule, self._progress(), self.args.two_phase_split)
         if len({term.group for term in self.terms}) < 2:  # one group only: nothing to hand over between groups
             return dict.fromkeys(scales, 1.0)
         return scales
@@ -302,7 +320,7 @@ class DistillationMixin:
     def _term_losses(self, model, inputs) -> tuple:
         """The student's outputs and {term name: its loss} of one batch."""
         view = self._batch_view(model, inputs)
-        return view.student, {term.name: term.loss(view) for term in self.terms}
+        return view.student, {term.name: term.loss(view) for term in self._current_terms()}
 
     def _batch_view(self, model, inputs) -> BatchView:
         """Run the student and the teachers for what the enabled terms need (hidden states, attention captures)."""
@@ -373,6 +391,8 @@ class DistillationMixin:
         if "loss" in logs and self.args.loss_schedule != "constant":
             scales = self._group_scales()  # at the logging step
             logs["prediction_loss_scale"], logs["layer_loss_scale"] = scales["prediction"], scales["layers"]
+        if "loss" in logs and self.args.temperature_schedule != "constant":
+            logs["temperature"] = self.current_temperature()  # at the logging step
         super().log(logs, start_time)
 
     def evaluation_loop(

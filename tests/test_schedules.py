@@ -1,11 +1,13 @@
-"""Loss-weight schedules: the scales as maths, and the trainer's loss following them step by step."""
+"""Loss-weight and temperature schedules: the scales as maths, and the trainer's loss following them step by step."""
 
 import pytest
+import torch
 from conftest import PadCollator, make_classification_dataset
 from test_trainer import ALL_LOSSES, NO_DROPOUT, make_args, make_student, make_teacher, training_logs
 
 from nlpkd import DistillationArguments, DistillationTrainer
-from nlpkd.schedules import group_scales
+from nlpkd.losses import logit_kd_loss
+from nlpkd.schedules import group_scales, temperature_at
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,8 @@ def test_unknown_schedule_is_refused():
         (dict(loss_schedule="cosine"), r"loss_schedule must be one of"),
         (dict(two_phase_split=1.0), r"two_phase_split must be in \(0, 1\), got 1.0"),
         (dict(two_phase_split=0.0), r"two_phase_split must be in \(0, 1\), got 0.0"),
+        (dict(temperature_schedule="cosine"), r"temperature_schedule must be one of \('constant', 'linear'\)"),
+        (dict(final_temperature=0.0), r"final_temperature must be > 0, got 0.0"),
     ],
 )
 def test_bad_schedule_arguments_are_refused(tmp_path, overrides, message):
@@ -96,3 +100,42 @@ def test_the_constant_schedule_changes_nothing(tmp_path):
     assert constant.scheduled_weights() == constant.loss_weights
     constant.train()
     assert "layer_loss_scale" not in training_logs(constant)[0]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "progress", "expected"),
+    [
+        ("constant", 0.0, 4.0),
+        ("constant", 1.0, 4.0),
+        ("linear", 0.0, 4.0),
+        ("linear", 0.5, 2.5),
+        ("linear", 1.0, 1.0),
+        ("linear", 2.0, 1.0),  # clamped
+    ],
+)
+def test_temperature_at(schedule, progress, expected):
+    assert temperature_at(schedule, 4.0, 1.0, progress) == expected
+
+
+def test_logit_kd_follows_the_scheduled_temperature_and_logs_it(tmp_path):
+    logits_only = dict(hidden_weight=0.0, attention_weight=0.0, temperature=4.0, final_temperature=1.0)
+    trainer = scheduled_trainer(tmp_path, "constant", temperature_schedule="linear", **logits_only)
+    batch = PadCollator()([make_classification_dataset(num_rows=8, seed=3)[i] for i in range(8)])
+    features = {name: batch[name] for name in ("input_ids", "attention_mask")}
+    trainer.model.eval()
+    with torch.no_grad():
+        student, teacher = trainer.model(**features).logits, trainer.teacher(**features).logits
+    for step, temperature in ((0, 4.0), (2, 2.5), (4, 1.0)):
+        trainer.state.global_step, trainer.state.max_steps = step, 4
+        assert trainer.current_temperature() == temperature
+        expected = logit_kd_loss(student, teacher, temperature).item()
+        # float32 KL of ~0.1-1 over 8 rows: relative 1e-5 with an absolute floor.
+        assert trainer.loss_components(batch)["logit_loss"].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # The terms themselves keep the starting temperature; only each step's copy moves.
+    assert [term.temperature for term in trainer.terms if hasattr(term, "temperature")] == [4.0]
+    trainer.state.global_step = 0
+    trainer.train()
+    logs = training_logs(trainer)
+    assert [entry["temperature"] for entry in logs] == [
+        temperature_at("linear", 4.0, 1.0, (s + 1) / 4) for s in range(4)
+    ]
