@@ -108,7 +108,14 @@ def distil_and_train_baseline(
         baseline_trainer = Trainer(model=baseline, args=baseline_args, **shared)
         baseline_trainer.train()
         baseline_trainer.save_model(baseline_dir)
+        trainer.baseline_train_runtime = train_runtime(baseline_trainer)
     return trainer
+
+
+def train_runtime(trainer) -> float | None:
+    """Seconds the trainer's last `train()` took (the Trainer's own `train_runtime`), None before training."""
+    runtimes = [entry["train_runtime"] for entry in trainer.state.log_history if "train_runtime" in entry]
+    return runtimes[-1] if runtimes else None
 
 
 def distillation_settings(args, layer_map: list[int] | dict[str, list[int]]) -> dict:

@@ -86,6 +86,9 @@ def test_recipe_runs_all_stages_and_writes_results(tiny_teacher_dir, reviews_csv
     recomputed = report.median_speed(saved["speed_rounds"])["student"]["speedup_b1"]
     assert saved["speedup"] == saved["student"]["speedup_b1"] == pytest.approx(recomputed, rel=1e-12)
     assert saved["student"]["params"] < saved["teacher"]["params"]
+    # How long each training took, by the Trainer's own clock.
+    assert set(saved["train_runtime_s"]) == {"student", "baseline"}
+    assert all(seconds > 0 for seconds in saved["train_runtime_s"].values())
     # A useless result says so: the test split's majority-class rate, a verdict per model, the warnings.
     assert saved["majority_class_rate"] in [count / 6 for count in (3, 4, 5, 6)]  # of the 6 test rows' 2 labels
     for name in ("teacher", "student", "baseline"):

@@ -22,6 +22,7 @@ from nlpkd.pipeline import (
     distillation_settings,
     publish_student,
     report_results,
+    train_runtime,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import health_warnings
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
     results["speedup"] = results["student"]["speedup_b1"]
+    results["train_runtime_s"] = {"student": train_runtime(trainer)}
+    if baseline is not None:
+        results["train_runtime_s"]["baseline"] = trainer.baseline_train_runtime
     results["distillation"] = distillation_settings(args, trainer.layer_map)
     if augmentation is not None:
         results["augmentation"] = augmentation
