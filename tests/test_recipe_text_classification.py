@@ -220,6 +220,7 @@ def test_the_default_auto_init_prunes_a_bert_teacher_and_says_so_on_the_card(tin
     recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, "--no_baseline", "true"))
     card = (tmp_path / "out" / "README.md").read_text()
     assert "student initialisation: pruned (nlpkd.make_student, by student_init=auto); one stage" in card
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["student_init"] == "pruned"
 
 
 def test_augmented_rows_train_the_student_and_the_baseline_keeps_the_originals(

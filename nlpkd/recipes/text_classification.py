@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
     results["speedup"] = results["student"]["speedup_b1"]
+    results["student_init"] = getattr(trainer.student, "nlpkd_init", student_args.student_init)  # auto resolved
     results["train_runtime_s"] = {"student": train_runtime(trainer)}
     if baseline is not None:
         results["train_runtime_s"]["baseline"] = trainer.baseline_train_runtime
