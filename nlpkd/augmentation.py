@@ -212,9 +212,9 @@ def augment_texts(
         {word for word in text_chosen if words[text][word] in single} for text, text_chosen in enumerate(chosen)
     ]
     mlm_found = masked_lm_candidates(words, from_mlm, tokenizer, mlm, candidates, max_length, show_progress)
-    rest = [words[text][word] for text, text_chosen in enumerate(chosen) for word in text_chosen]
-    rest = [word for word in rest if word not in single] + [
-        words[text][word] for text, text_chosen in enumerate(from_mlm) for word in text_chosen
+    # Every other chosen word (several pieces, or cut off by truncation) takes its embedding neighbours.
+    rest = [
+        words[text][word] for text, text_chosen in enumerate(chosen) for word in text_chosen
         if (text, word) not in mlm_found
     ]  # fmt: skip
     neighbours = embedding_neighbours(rest, tokenizer, embeddings, candidates)
