@@ -62,12 +62,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check nlpkd recipes tests benchmarks
 
 # P1 step overhead, P2 cached-KD epochs, P5 peak memory (minutes), then P3 the quality-speed frontier
-# (9 distillations: hours on 2 cores).
+# (2 shapes x 5 levers x 3 seeds = 30 distillations, 4-15 min each on 2 cores: several hours; --reuse resumes).
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py
 	$(OFFLINE) $(BIN)/python benchmarks/cached_epoch.py
 	$(OFFLINE) $(BIN)/python benchmarks/peak_memory.py
-	$(OFFLINE) $(BIN)/python benchmarks/frontier.py
+	$(OFFLINE) $(BIN)/python benchmarks/frontier.py --reuse
 
 clean:
 	rm -rf outputs build *.egg-info .assets
