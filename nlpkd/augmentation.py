@@ -78,6 +78,11 @@ class AugmentationArguments:
         if self.augment_candidates < 1:
             raise ValueError(f"augment_candidates must be >= 1, got {self.augment_candidates}; TinyBERT uses 15.")
 
+    def settings(self) -> dict:
+        """What decides the variants, by short name: copies, probability, candidates, seed."""
+        names = ("augment_copies", "augment_probability", "augment_candidates", "augment_seed")
+        return {name.removeprefix("augment_"): getattr(self, name) for name in names}
+
 
 def word_spans(text: str, tokenizer) -> list[tuple[str, int, int]]:
     """The words of `text` as the tokenizer's pre-tokenizer splits them (punctuation apart), with their offsets."""
@@ -259,14 +264,7 @@ def augmented_rows(
 ) -> datasets.Dataset:
     """The augmented variants of `texts` as a dataset (`text`, `source`, `label` = -100), made once and then loaded
     from `cache_dir/augmented-<fingerprint>`."""
-    settings = dict(
-        copies=arguments.augment_copies,
-        probability=arguments.augment_probability,
-        candidates=arguments.augment_candidates,
-        seed=arguments.augment_seed,
-        max_length=max_length,
-        stride=MASK_STRIDE,
-    )
+    settings = {**arguments.settings(), "max_length": max_length, "stride": MASK_STRIDE}
     key = fingerprint(texts, teacher_digest(mlm), teacher_digest(teacher), settings)
     path = os.path.join(cache_dir, f"augmented-{key}")
     if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):

@@ -149,7 +149,7 @@ def publish_student(
     the student with them. `card`: what the recipe knows of the task (`tasks`, `language`, `dataset`, ...; see
     `DistillationTrainer.create_model_card`). Returns the card's path."""
     default_teacher = teacher_args.teacher_model_name_or_path is None
-    started = getattr(trainer.student, "nlpkd_init", student_args.student_init)
+    started = student_start(trainer.student, student_args)
     setup = {**card_setup(teacher, teacher_args, student_args, started), **card.pop("setup", {})}
     citations = ["tinybert"] if student_args.student_model_name_or_path is None else []  # a TinyBERT-style student
     card = {
@@ -166,6 +166,11 @@ def publish_student(
     else:
         trainer.create_model_card(**card)
     return os.path.join(trainer.args.output_dir, "README.md")
+
+
+def student_start(student: PreTrainedModel, student_args: StudentArguments) -> str:
+    """The initialisation `make_student` used (`auto` resolved), else the requested one."""
+    return getattr(student, "nlpkd_init", student_args.student_init)
 
 
 def card_setup(

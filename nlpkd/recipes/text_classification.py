@@ -22,6 +22,7 @@ from nlpkd.pipeline import (
     distillation_settings,
     publish_student,
     report_results,
+    student_start,
     train_runtime,
 )
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
     results["speedup"] = results["student"]["speedup_b1"]
-    results["student_init"] = getattr(trainer.student, "nlpkd_init", student_args.student_init)  # auto resolved
+    results["student_init"] = student_start(trainer.student, student_args)  # auto resolved
     results["train_runtime_s"] = {"student": train_runtime(trainer)}
     if baseline is not None:
         results["train_runtime_s"]["baseline"] = trainer.baseline_train_runtime
@@ -237,14 +238,7 @@ def augment_training_set(augment_args, teacher_args, args, texts, train, teacher
         )
         variants = tokenize(DatasetDict(train=rows.remove_columns("source")), tokenizer, max_length)["train"]
     logger.info("Augmentation: %d variants of %d training texts", len(variants), len(texts))
-    summary = {
-        "copies": augment_args.augment_copies,
-        "probability": augment_args.augment_probability,
-        "candidates": augment_args.augment_candidates,
-        "seed": augment_args.augment_seed,
-        "masked_lm": mlm.name_or_path,
-        "rows": len(variants),
-    }
+    summary = {**augment_args.settings(), "masked_lm": mlm.name_or_path, "rows": len(variants)}
     return concatenate_datasets([train.cast_column("label", Value("int64")), variants]), summary
 
 
