@@ -168,7 +168,25 @@ class AttentionCapture:
             self._recording = False
 
     def scores(self, layer: int) -> torch.Tensor:
-        """(B, H, T, T) fp32 pre-softmax scores of `layer`, without any attention mask added."""
+        """(B, H, T, S) fp32 pre-softmax scores of `layer`, without any attention mask added."""
+        query, key = self.query_key(layer)
+        with torch.autocast(query.device.type, enabled=False):  # keep an enclosing bf16 autocast off the product
+            return query @ key.transpose(-1, -2)
+
+    def stacked_scores(self, layers: list[int]) -> torch.Tensor:
+        """(L, B, H, T, S) fp32 `scores` of `layers`, in their order, from one batched product."""
+        query, key = self.stacked_query_key(layers)
+        with torch.autocast(query.device.type, enabled=False):
+            return query @ key.transpose(-1, -2)
+
+    def stacked_query_key(self, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`query_key` of `layers` stacked in their order: ((L, B, H, T, d), (L, B, H, S, d))."""
+        queries, keys = zip(*(self.query_key(layer) for layer in layers), strict=True)
+        return torch.stack(queries), torch.stack(keys)
+
+    def query_key(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp32 queries of `layer`, already multiplied by the score scale, (B, H, T, d), and its keys (B, H, S, d):
+        their product is the layer's pre-softmax scores. Projections recorded under bf16/fp16 autocast are upcast."""
         attention = self._attention.get(layer)
         if attention is None:
             raise RuntimeError(f"Layer {layer} is not captured; this capture holds layers {self.layers}.")
@@ -181,15 +199,13 @@ class AttentionCapture:
         batch, length, width = query.shape
         num_heads = attention.num_heads or self.num_heads
         head_dim = width // num_heads
-        query = query.view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, H, T, d)
-        key = key.view(batch, key.shape[1], num_heads, head_dim).transpose(1, 2)
         scale = attention.scale
         if scale is None:
             scale = head_dim**-0.5 if attention.names.scaled else 1.0
-        # Projections recorded under bf16/fp16 autocast are upcast above; keep an enclosing autocast from casting the
-        # product back down.
-        with torch.autocast(query.device.type, enabled=False):
-            return (query @ key.transpose(-1, -2)) * scale
+        # The scale goes on the (B, T, W) queries, not on the (B, H, T, S) scores: a pass over T² entries saved.
+        query = (query * scale).view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, H, T, d)
+        key = key.view(batch, key.shape[1], num_heads, head_dim).transpose(1, 2)
+        return query, key
 
     def projections(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, W) fp32 queries, keys and values of `layer` (a capture made with `values=True`)."""

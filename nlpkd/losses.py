@@ -1,7 +1,9 @@
 """Distillation losses as pure functions of tensors.
 
 Every loss upcasts to fp32, ignores masked positions, and clamps its denominator so that a batch with no valid
-position gives 0 rather than NaN.
+position gives 0 rather than NaN. None selects positions by a mask (`tensor[mask]`) or reads a tensor's value on the
+host: masked positions are replaced by 0 with `torch.where` and counted with tensor sums, so no shape depends on the
+data and a GPU never has to report back to the host in the middle of a training step.
 """
 
 import math
@@ -9,14 +11,27 @@ import math
 import torch
 import torch.nn.functional as F
 
+LOGIT_KINDS = ("kl", "soft_ce", "mse")
+# fp32 elements per chunk of logit KD: each temporary of a chunk (tempered logits, log-probabilities, probabilities)
+# holds 16 MiB, whatever the vocabulary, instead of one (positions x vocabulary) tensor each.
+LOGIT_CHUNK_ELEMENTS = 2**22
+
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of `values` over positions where `mask` is true; `mask` broadcasts against `values`."""
+    """Mean of `values` over positions where `mask` is true; `mask` broadcasts against `values` (from the right).
+
+    Sync-free: no selection, so no shape depends on the data (selecting makes a GPU host wait for the mask)."""
     if mask is None:
         return values.sum() / max(values.numel(), 1)  # an empty selection gives 0, not NaN
-    mask = mask.bool().expand_as(values)
+    mask = mask.bool()
     # Select rather than multiply: a masked position holding inf/NaN would turn a product by 0 into NaN.
-    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1).to(values.dtype)
+    return torch.where(mask, values, 0.0).sum() / _broadcast_count(mask, values)
+
+
+def _broadcast_count(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """How many elements of `values` the broadcast `mask` covers, at least 1, as a tensor (no host sync)."""
+    repeats = values.numel() // max(mask.numel(), 1)  # every mask entry stands for this many values
+    return (mask.sum() * repeats).clamp(min=1).to(torch.float32)
 
 
 def logit_kd_loss(
@@ -25,8 +40,15 @@ def logit_kd_loss(
     temperature: float = 1.0,
     kind: str = "kl",
     mask: torch.Tensor | None = None,
+    chunk_elements: int = LOGIT_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """Logit distillation loss, averaged over the valid positions.
+
+    Computed in fp32 over chunks of positions (`chunk_elements` logits each): no (positions × classes) fp32 tensor is
+    ever whole, and the gradient for the student's logits is made chunk by chunk during the forward pass and kept in
+    their dtype until backward (as TRL's and Liger's chunked losses do for large vocabularies). Masked positions are
+    computed but their loss and gradient are replaced by 0, so no shape depends on the mask (no host–device sync) and
+    an inf/NaN logit at a padded position reaches neither. The teacher's logits are a target: they get no gradient.
 
     Args:
         student_logits: (..., C) student logits, e.g. (B, C) for classification or (B, T, V) per token.
@@ -34,21 +56,85 @@ def logit_kd_loss(
         temperature: softmax temperature T; `kl` and `soft_ce` are multiplied by T² (Hinton et al., 2015).
         kind: `kl` = KL(p_T ‖ p_S), `soft_ce` = −Σ p_T log p_S, `mse` = mean squared error of the raw logits.
         mask: (...) boolean, true where a position counts; None = all positions.
+        chunk_elements: logits per chunk (rounded to whole positions, at least one).
     """
-    if mask is not None:  # the counted positions alone: padding never reaches the softmax or the gradient
-        student_logits, teacher_logits = student_logits[mask.bool()], teacher_logits[mask.bool()]
-    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    if kind not in LOGIT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, LOGIT_KINDS))}, got {kind!r}.")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ "
+            "in shape: logit KD compares them position by position and class by class."
+        )
+    classes = student_logits.shape[-1]
+    student = student_logits.reshape(-1, classes)  # a view for contiguous logits
+    teacher = teacher_logits.detach().reshape(-1, classes)
+    if mask is not None:
+        if mask.shape != student_logits.shape[:-1]:
+            positions = tuple(student_logits.shape[:-1])
+            raise ValueError(f"mask {tuple(mask.shape)} does not match the logits' positions {positions}.")
+        mask = mask.reshape(-1).bool()
+    chunk_rows = max(1, chunk_elements // max(classes, 1))
+    return _ChunkedLogitLoss.apply(student, teacher, mask, float(temperature), kind, chunk_rows)
+
+
+class _ChunkedLogitLoss(torch.autograd.Function):
+    """`logit_kd_loss` over (N, C) logits: the forward pass computes each chunk's loss and its gradient for the
+    student's logits; the backward pass only scales that gradient."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, mask, temperature, kind, chunk_rows):
+        needs_gradient = ctx.needs_input_grad[0]
+        gradient = torch.empty_like(student) if needs_gradient else None
+        total = torch.zeros((), dtype=torch.float32, device=student.device)
+        for start in range(0, student.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            per_row, row_gradient = _logit_rows(student[rows], teacher[rows], temperature, kind, needs_gradient)
+            if mask is not None:
+                keep = mask[rows]
+                per_row = torch.where(keep, per_row, 0.0)
+                if needs_gradient:
+                    row_gradient = torch.where(keep[:, None], row_gradient, 0.0)
+            total = total + per_row.sum()
+            if needs_gradient:
+                gradient[rows] = row_gradient
+        if mask is None:
+            count = torch.full((), max(student.shape[0], 1), dtype=torch.float32, device=student.device)
+        else:
+            count = mask.sum().clamp(min=1).to(torch.float32)
+        ctx.save_for_backward(gradient, count)
+        scale = 1.0 if kind == "mse" else temperature**2
+        return total * scale / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        gradient, count = ctx.saved_tensors
+        return gradient * (grad_output / count).to(gradient.dtype), None, None, None, None, None
+
+
+def _logit_rows(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, kind: str, needs_gradient: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per position of one chunk, (n, C) each: the loss (n,) fp32 (T²-scaling left to the caller) and the gradient of
+    the scaled loss for the student's logits (n, C) fp32, or None."""
+    student, teacher = student.float(), teacher.float()
     if kind == "mse":
-        return _masked_mean((student_logits - teacher_logits).pow(2).mean(-1), None)
-    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
-    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
-    if kind == "kl":
-        per_position = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1)
-    elif kind == "soft_ce":
-        per_position = -(teacher_log_probs.exp() * student_log_probs).sum(-1)
+        difference = student - teacher
+        per_row = difference.pow(2).mean(-1)
+        return per_row, (difference * (2.0 / student.shape[-1]) if needs_gradient else None)
+    if temperature != 1.0:
+        student, teacher = student / temperature, teacher / temperature
+    student_log_probs = F.log_softmax(student, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher, dim=-1)
+    teacher_probs = teacher_log_probs.exp()
+    if kind == "kl":  # as F.kl_div(log_target=True) computes it
+        per_row = (teacher_probs * (teacher_log_probs - student_log_probs)).sum(-1)
     else:
-        raise ValueError(f"kind must be one of 'kl', 'soft_ce', 'mse', got {kind!r}.")
-    return _masked_mean(per_position, None) * temperature**2
+        per_row = -(teacher_probs * student_log_probs).sum(-1)
+    if not needs_gradient:
+        return per_row, None
+    # d/ds of T²·KL(p_T ‖ p_S) and of T²·CE(p_T, p_S) alike: T·(p_S − p_T), since Σ p_T = 1.
+    gradient = student_log_probs.exp_().sub_(teacher_probs)
+    return per_row, gradient.mul_(temperature) if temperature != 1.0 else gradient
 
 
 def teacher_mixture_logits(
@@ -136,14 +222,19 @@ def hidden_mse_loss(
     """MSE between hidden states over non-padding tokens.
 
     Args:
-        student_hidden: (B, T, D) student states, already projected to the teacher's width D.
-        teacher_hidden: (B, T, D) teacher states.
+        student_hidden: (..., B, T, D) student states, already projected to the teacher's width D; leading dims (e.g.
+            the stacked layers of one stack) are averaged over too.
+        teacher_hidden: (..., B, T, D) teacher states.
         mask: (B, T) attention mask (1 = token, 0 = padding); None = all tokens.
     """
-    if mask is not None:  # the real tokens alone, (N, D): padding states (possibly inf in fp16) never reach the loss
-        student_hidden, teacher_hidden = student_hidden[mask.bool()], teacher_hidden[mask.bool()]
-    per_token = (student_hidden.float() - teacher_hidden.float()).pow(2).mean(-1)
-    return _masked_mean(per_token, None)
+    student_hidden, teacher_hidden = student_hidden.float(), teacher_hidden.float()
+    if mask is None:
+        return F.mse_loss(student_hidden, teacher_hidden)
+    keep = mask.bool()[..., None]
+    # Padding states (possibly inf in fp16) are replaced, not multiplied, by 0 on both sides: they add 0 and pass no
+    # gradient.
+    student_hidden, teacher_hidden = torch.where(keep, student_hidden, 0.0), torch.where(keep, teacher_hidden, 0.0)
+    return F.mse_loss(student_hidden, teacher_hidden, reduction="sum") / _broadcast_count(keep, student_hidden)
 
 
 def attention_scores_mse_loss(
@@ -156,8 +247,9 @@ def attention_scores_mse_loss(
     """TinyBERT's attention loss: MSE between pre-softmax scores Q·Kᵀ/√d over valid query–key pairs.
 
     Args:
-        student_scores: (B, H, T, S) student scores (S = T for self-attention, the source length for cross-attention).
-        teacher_scores: (B, H, T, S) teacher scores, same head count.
+        student_scores: (..., B, H, T, S) student scores (S = T for self-attention, the source length for
+            cross-attention; leading dims, e.g. stacked layers, are averaged over too).
+        teacher_scores: (..., B, H, T, S) teacher scores, same head count.
         mask: (B, T) attention mask; a pair (i, j) counts when tokens i and j are both real. None = all tokens.
         causal: only pairs with key j <= query i count (the scores a causal model's softmax sees).
         key_mask: (B, S) mask of the keys when they are other tokens than the queries (cross-attention).
@@ -170,6 +262,62 @@ def attention_scores_mse_loss(
     return _masked_mean(difference.pow(2), pairs)
 
 
+def attention_mse_from_projections(
+    student: tuple[torch.Tensor, torch.Tensor],
+    teacher: tuple[torch.Tensor, torch.Tensor],
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`attention_scores_mse_loss` of the scores Q·Kᵀ, computed from the scaled queries and the keys.
+
+    The padded queries and keys are set to 0 on both sides before the products, so every pair with a padded token
+    scores 0 − 0: the loss is one fused MSE over the whole grid (lower triangle when `causal`), divided by the count
+    of real pairs, with no (B, 1, T, S) pair mask and no masking pass over the scores.
+
+    Args:
+        student: (queries (..., B, H, T, d) already multiplied by the score scale, keys (..., B, H, S, d)).
+        teacher: the same for the teacher (same H and T, S; its own d).
+        mask: (B, T) mask of the queries (and of the keys, for self-attention); None = all tokens.
+        causal: only pairs with key j <= query i count.
+        key_mask: (B, S) mask of the keys when they are other tokens than the queries (cross-attention).
+    """
+    (student_queries, student_keys), (teacher_queries, teacher_keys) = student, teacher
+    if key_mask is None:
+        key_mask = mask
+    if mask is not None:
+        queries = mask.bool()[:, None, :, None]
+        student_queries = torch.where(queries, student_queries.float(), 0.0)
+        teacher_queries = torch.where(queries, teacher_queries.float(), 0.0)
+    if key_mask is not None:
+        keys = key_mask.bool()[:, None, :, None]
+        student_keys = torch.where(keys, student_keys.float(), 0.0)
+        teacher_keys = torch.where(keys, teacher_keys.float(), 0.0)
+    with torch.autocast(student_queries.device.type, enabled=False):  # the products in fp32 under bf16 autocast
+        student_scores = student_queries.float() @ student_keys.float().transpose(-1, -2)
+        teacher_scores = teacher_queries.float() @ teacher_keys.float().transpose(-1, -2)
+    if causal:
+        squared_sum = (student_scores - teacher_scores).tril().pow(2).sum()
+    else:
+        squared_sum = F.mse_loss(student_scores, teacher_scores, reduction="sum")
+    return squared_sum / _pair_count(student_scores, mask, causal, key_mask)
+
+
+def _pair_count(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool, key_mask: torch.Tensor | None):
+    """How many entries of the (..., B, H, T, S) `scores` are real pairs (at least 1), from per-row token counts:
+    n·s pairs for n real queries and s real keys, n(n + 1)/2 under `causal` (whatever the padding's side)."""
+    batch, length, keys = scores.shape[-4], scores.shape[-2], scores.shape[-1]
+    per_pair = scores.numel() // (batch * length * keys)  # heads × leading dims
+    device = scores.device
+    queries = torch.full((batch,), length, device=device) if mask is None else mask.sum(-1)
+    if causal:
+        pairs = (queries * (queries + 1) // 2).sum()
+    else:
+        real_keys = torch.full((batch,), keys, device=device) if key_mask is None else key_mask.sum(-1)
+        pairs = (queries * real_keys).sum()
+    return (pairs * per_pair).clamp(min=1).to(torch.float32)
+
+
 def attention_kl_loss(
     student_scores: torch.Tensor,
     teacher_scores: torch.Tensor,
@@ -180,8 +328,10 @@ def attention_kl_loss(
     """KL(teacher ‖ student) between attention distributions, per query row, over real keys.
 
     Args:
-        student_scores: (B, Hs, T, S) student pre-softmax scores.
-        teacher_scores: (B, Ht, T, S) teacher pre-softmax scores. When Hs ≠ Ht both sides are averaged over heads.
+        student_scores: (..., B, Hs, T, S) student pre-softmax scores (leading dims, e.g. stacked layers, are averaged
+            over too).
+        teacher_scores: (..., B, Ht, T, S) teacher pre-softmax scores. When Hs ≠ Ht both sides are averaged over
+            heads.
         mask: (B, T) attention mask: padded keys get no probability, padded query rows do not count.
         causal: keys after the query get no probability either, as in a causal model's softmax.
         key_mask: (B, S) mask of the keys when they are other tokens than the queries (cross-attention).
@@ -194,10 +344,11 @@ def attention_kl_loss(
         teacher_scores = teacher_scores.masked_fill(hidden_keys, torch.finfo(torch.float32).min)
     student_log_probs = F.log_softmax(student_scores, dim=-1)
     teacher_log_probs = F.log_softmax(teacher_scores, dim=-1)
-    if student_scores.shape[1] != teacher_scores.shape[1]:
-        student_log_probs = student_log_probs.exp().mean(1, keepdim=True).clamp_min(1e-30).log()
-        teacher_log_probs = teacher_log_probs.exp().mean(1, keepdim=True).clamp_min(1e-30).log()
-    per_row = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1)  # (B, H, T)
+    if student_scores.shape[-3] != teacher_scores.shape[-3]:
+        student_log_probs = student_log_probs.exp().mean(-3, keepdim=True).clamp_min(1e-30).log()
+        teacher_log_probs = teacher_log_probs.exp().mean(-3, keepdim=True).clamp_min(1e-30).log()
+    per_row = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none")
+    per_row = per_row.sum(-1)  # (..., B, H, T)
     return _masked_mean(per_row, None if mask is None else mask.bool()[:, None, :])
 
 

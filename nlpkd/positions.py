@@ -15,8 +15,6 @@ from transformers.models.auto.modeling_auto import (
     MODEL_MAPPING_NAMES,
 )
 
-from .losses import pair_mask
-
 IGNORE_INDEX = -100
 
 
@@ -98,15 +96,18 @@ def distilled_mask(inputs: dict, logits: torch.Tensor, level: str) -> torch.Tens
     return mask
 
 
-def distilled_logits(inputs: dict, logits: torch.Tensor, level: str) -> torch.Tensor:
-    """The model's logits at the positions logit KD counts: (B, C) for `sequence`; else (N, C) in row order, then
-    position order — or the aligned (B, T, C) logits themselves when every position counts (no copy: (B, T, V)
-    logits are hundreds of MB)."""
-    logits = aligned_logits(logits, level)
-    mask = None if level == "sequence" else distilled_mask(inputs, logits, level)
-    if mask is None or bool(mask.all()):
-        return logits
-    return logits[mask]
+def logit_grid(inputs: dict, logits: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's logits as they are (no slice, no copy: (B, T, V) logits are hundreds of MB) and the boolean mask
+    of the positions logit KD counts over their grid, (B, T) — for `causal`, the next-token positions with the last
+    one false, since it predicts nothing; None for `sequence` (every row counts)."""
+    if level == "sequence":
+        return logits, None
+    mask = distilled_mask(inputs, aligned_logits(logits, level), level)
+    if level == "causal":
+        if mask is None:
+            mask = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)[:, 1:]
+        mask = torch.nn.functional.pad(mask.bool(), (0, 1), value=False)
+    return logits, mask
 
 
 def distilled_rows(inputs: dict, logits: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,29 +152,38 @@ def batch_counts(inputs: dict, level: str, causal_attention: bool, seq2seq: bool
 
     counts = {}
     if labels is None:
-        counts["labels"] = torch.tensor(0, device=device)
+        counts["labels"] = torch.zeros((), device=device)
     else:
         counts["labels"] = (aligned_labels(labels, level) != IGNORE_INDEX).sum()
     logits = logit_mask(inputs, level)
     if logits is not None:
         counts["logits"] = logits.sum()
     elif level == "sequence":
-        counts["logits"] = torch.tensor(batch, device=device)
+        counts["logits"] = torch.full((), batch, device=device)
     else:
         target = inputs.get("decoder_input_ids", reference)
         positions = target.shape[1] - (1 if level == "causal" else 0)
-        counts["logits"] = torch.tensor(batch * positions, device=device)
+        counts["logits"] = torch.full((), batch * positions, device=device)
     tokens = torch.ones(batch, length, device=device) if attention_mask is None else attention_mask
-    counts["tokens"] = tokens.sum()
+    per_row = tokens.sum(-1)  # real tokens per row: pair counts follow from them, no (B, T, T) mask is built
+    counts["tokens"] = per_row.sum()
     # A seq2seq model's `pairs` are its encoder's, never causal (`causal_attention` then says so of the decoder).
-    counts["pairs"] = pair_mask(tokens, length, causal_attention and not seq2seq, device).sum()
+    counts["pairs"] = _pairs(per_row, causal_attention and not seq2seq)
     # The trainer makes decoder_input_ids from the labels after the batch is counted: they have the labels' shape.
     decoder_ids = inputs.get("decoder_input_ids", labels)
     if seq2seq and decoder_ids is not None:
         target = side_mask(inputs, "target")
         if target is None:
             target = torch.ones(decoder_ids.shape[:2], device=device)
-        counts["target_tokens"] = target.sum()
-        counts["target_pairs"] = pair_mask(target, decoder_ids.shape[1], True, device).sum()
-        counts["cross_pairs"] = pair_mask(target, length, key_mask=tokens).sum()
+        target_per_row = target.sum(-1)
+        counts["target_tokens"] = target_per_row.sum()
+        counts["target_pairs"] = _pairs(target_per_row, causal=True)
+        counts["cross_pairs"] = (target_per_row * per_row).sum()
     return {name: count.to(device=device, dtype=torch.float32) for name, count in counts.items()}
+
+
+def _pairs(tokens_per_row: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Query–key pairs of real tokens, over rows with these many real tokens: n² per row, or n(n + 1)/2 when
+    `causal` (pairs whose key is not after the query, wherever the padding is)."""
+    tokens_per_row = tokens_per_row.long()
+    return (tokens_per_row * (tokens_per_row + 1) // 2 if causal else tokens_per_row**2).sum()

@@ -34,17 +34,15 @@ from transformers.utils import ModelOutput
 from .capture import AttentionCapture, find_layers, stack_layer_list
 from .losses import (
     attention_kl_loss,
-    attention_scores_mse_loss,
+    attention_mse_from_projections,
     hidden_mse_loss,
     logit_kd_loss,
     relation_kl_loss,
     sparse_logit_kd_loss,
     teacher_mixture_logits,
 )
-from .positions import IGNORE_INDEX, distilled_logits, distilled_rows, side_mask
+from .positions import IGNORE_INDEX, distilled_rows, logit_grid, side_mask
 from .teacher_cache import CACHE_ROW, TeacherCache
-
-ATTENTION_LOSSES = {"mse": attention_scores_mse_loss, "kl": attention_kl_loss}
 
 
 @dataclass(frozen=True)
@@ -79,17 +77,18 @@ class HardTerm:
                 f"hard_label_weight={self.weight} but the student returned no loss: the batch has no "
                 f"{list(self.label_names)}. Add labels to the dataset, or set hard_label_weight=0."
             )
-        # A micro-batch whose labels are all ignored (padding, or augmented rows that only the teacher labels) gives
-        # NaN from a mean loss; it holds no label to learn.
         labels = view.inputs["labels"]
-        no_labels = not labels.is_floating_point() and not bool((labels != IGNORE_INDEX).any())
-        return outputs.logits.sum() * 0.0 if no_labels else outputs.loss
+        if labels.is_floating_point():  # regression targets: no ignored label
+            return outputs.loss
+        # A micro-batch whose labels are all ignored (padding, or augmented rows that only the teacher labels) gives
+        # NaN from a mean loss; it holds no label to learn. Chosen on the device: the host never reads the labels.
+        return torch.where((labels != IGNORE_INDEX).any(), outputs.loss, 0.0)
 
 
 @dataclass(frozen=True)
 class LogitTerm:
     """Logit KD (Hinton et al.) against the teachers run online, over the positions that carry a prediction (see
-    `positions.distilled_logits`): KL(Σᵢ wᵢ·softmax(tᵢ/T) ‖ softmax(s/T))·T² for `kl` (one teacher: w = 1), see
+    `positions.logit_grid`): KL(Σᵢ wᵢ·softmax(tᵢ/T) ‖ softmax(s/T))·T² for `kl` (one teacher: w = 1), see
     `losses.teacher_mixture_logits` for `soft_ce` and `mse`."""
 
     group: ClassVar[str] = "prediction"  # its schedule group (nlpkd.schedules)
@@ -104,10 +103,10 @@ class LogitTerm:
     count: str = "logits"
 
     def loss(self, view: BatchView) -> torch.Tensor:
-        student = distilled_logits(view.inputs, view.student.logits, self.level)
-        teachers = [distilled_logits(view.inputs, view.teachers[i].logits, self.level) for i in self.teachers]
+        student, mask = logit_grid(view.inputs, view.student.logits, self.level)
+        teachers = [logit_grid(view.inputs, view.teachers[i].logits, self.level)[0] for i in self.teachers]
         teacher = teacher_mixture_logits(teachers, list(self.teacher_weights), self.temperature, self.kind)
-        return logit_kd_loss(student, teacher, self.temperature, self.kind)
+        return logit_kd_loss(student, teacher, self.temperature, self.kind, mask)
 
 
 @dataclass(frozen=True)
@@ -187,13 +186,10 @@ class HiddenTerm:
 
     def loss(self, view: BatchView) -> torch.Tensor:
         teacher_states = getattr(view.teachers[self.teacher], self.outputs)
-        mask = side_mask(view.inputs, self.side)
-        teacher_layers = [0, *self.layer_map]
-        per_layer = [
-            hidden_mse_loss(student, teacher_states[layer], mask)
-            for student, layer in zip(view.projected[self.name], teacher_layers, strict=True)
-        ]
-        return torch.stack(per_layer).mean()
+        # Every layer counts the same tokens: the mean over the stacked layers is the mean of the per-layer means.
+        student = torch.stack(view.projected[self.name])  # (L + 1, B, T, D)
+        teacher = torch.stack([teacher_states[layer] for layer in (0, *self.layer_map)])
+        return hidden_mse_loss(student, teacher, side_mask(view.inputs, self.side))
 
 
 @dataclass(frozen=True)
@@ -215,23 +211,29 @@ class AttentionTerm:
     teacher: int = 0
 
     def loss(self, view: BatchView) -> torch.Tensor:
-        loss = ATTENTION_LOSSES[self.kind]
         inputs = view.inputs
         query_mask = side_mask(inputs, self.queries)
         key_mask = None if self.keys is None else side_mask(inputs, self.keys)
         if self.keys is not None and key_mask is None:  # no attention mask: every source token is a real key
             key_mask = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
-        per_layer = [
-            loss(
-                self.student_capture.scores(student_layer),
-                self.teacher_capture.scores(teacher_layer),
+        # All mapped layers at once, stacked (L, B, H, T, ·); every layer counts the same pairs (or query rows), so
+        # the mean over the stack is the mean of the per-layer losses.
+        student_layers = list(range(1, len(self.layer_map) + 1))
+        if self.kind == "mse":
+            return attention_mse_from_projections(
+                self.student_capture.stacked_query_key(student_layers),
+                self.teacher_capture.stacked_query_key(self.layer_map),
                 query_mask,
-                causal=self.causal,
-                key_mask=key_mask,
+                self.causal,
+                key_mask,
             )
-            for student_layer, teacher_layer in enumerate(self.layer_map, start=1)
-        ]
-        return torch.stack(per_layer).mean()
+        return attention_kl_loss(
+            self.student_capture.stacked_scores(student_layers),
+            self.teacher_capture.stacked_scores(self.layer_map),
+            query_mask,
+            self.causal,
+            key_mask,
+        )
 
 
 @dataclass(frozen=True)
