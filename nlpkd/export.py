@@ -154,7 +154,8 @@ def export_onnx(model: PreTrainedModel, tokenizer, path: str, texts: list[str], 
     The graph's inputs are the tokenizer's `model_input_names` that the model's forward takes (BERT: input_ids,
     token_type_ids, attention_mask), int64 of shape (batch, sequence), both axes dynamic; its output is `logits`
     (batch, num_labels), float32. The weights sit inside the one file (protobuf caps it at 2 GB, far above a
-    student). The model is exported in eval mode from a CPU copy when it lives elsewhere; its mode is restored.
+    student); its folder is made when missing. The model is exported in eval mode from a CPU copy when it lives
+    elsewhere; its mode is restored.
     """
     require_export_packages(f"Exporting to {path}")
     source = model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
@@ -165,6 +166,7 @@ def export_onnx(model: PreTrainedModel, tokenizer, path: str, texts: list[str], 
         [texts[0], texts[1 % len(texts)]], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
     )
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     was_training = source.training
     source.eval()
     try:

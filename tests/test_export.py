@@ -160,10 +160,11 @@ def test_the_runner_refuses_inputs_the_graph_does_not_take(exported, tokenizer):
 
 
 def test_deployable_forms_writes_and_describes_both_files(tokenizer, tmp_path):
-    model = tiny_classifier()
-    forms = export.deployable_forms(model, tokenizer, export.ExportArguments(quantize="int8"), str(tmp_path), texts(8))
+    model, output_dir = tiny_classifier(), tmp_path / "new"  # a folder not made yet
+    int8_alone = export.ExportArguments(quantize="int8")
+    forms = export.deployable_forms(model, tokenizer, int8_alone, str(output_dir), texts(8))
     assert set(forms) == {"student_onnx", "student_int8"}  # int8 alone exports to ONNX first
-    assert sorted(os.listdir(tmp_path)) == ["student.int8.onnx", "student.onnx"]
+    assert sorted(os.listdir(output_dir)) == ["student.int8.onnx", "student.onnx"]
     assert forms["student_onnx"].details["file"] == "student.onnx"
     assert forms["student_onnx"].details["max_logit_difference"] < 1e-5
     assert 1e-4 < forms["student_int8"].details["max_logit_difference"] < 1.0
