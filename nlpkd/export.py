@@ -113,7 +113,9 @@ class OnnxClassifier(torch.nn.Module):
     On a GPU run the eager models are timed on the GPU and this on the CPU.
     """
 
-    def __init__(self, path: str, params: int | None = None, num_threads: int | None = None, details=None):
+    def __init__(
+        self, path: str, params: int | None = None, num_threads: int | None = None, details: dict | None = None
+    ):
         super().__init__()
         require_export_packages(f"Running {path}")
         import onnxruntime
