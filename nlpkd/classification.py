@@ -69,10 +69,12 @@ def evaluate_classifiers(
     show_progress: bool = True,
 ) -> dict:
     """Each model's quality on the test split (accuracy with its 95 % interval, macro F1, and the
-    `report.classification_verdict` on them) and cost (params, MB, and `report.measure_speed`'s batch-1 latency,
-    batch-32 throughput and speed-ups over the "teacher", the models timed in turns); plus the split's
+    `report.classification_verdict` on them) and cost (`report.model_cost`'s params and MB, and
+    `report.measure_speed`'s batch-1 latency, batch-32 throughput and speed-ups over the "teacher", the models timed
+    in turns); plus the split's
     `majority_class_rate` and the timing rounds (`speed_rounds`), ready for results.json (the recipe adds the
-    `warnings` once all of it is there: `report.health_warnings`). `show_progress` logs the rounds' progress."""
+    `warnings` once all of it is there: `report.health_warnings`). `show_progress` logs the rounds' progress. A model
+    is a transformers classifier or a deployed form that is called like one (`nlpkd.export.OnnxClassifier`)."""
     references = np.array(tokenized_test["label"])
     majority_rate = report.majority_class_rate(references.tolist())
     typical_text = report.median_length_text(test_texts)
@@ -88,8 +90,7 @@ def evaluate_classifiers(
         results[name] = {
             **quality,
             "verdict": report.classification_verdict(quality, majority_rate),
-            "params": report.count_parameters(model),
-            "size_mb": report.model_size_mb(model),
+            **report.model_cost(model),
             **speed[name],
             "num_test_examples": len(references),
         }

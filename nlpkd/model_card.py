@@ -133,6 +133,7 @@ def model_card(
         majority_class_rate=(results or {}).get("majority_class_rate"),
         speed_rounds=len((results or {}).get("speed_rounds") or []),
         search=search_summary((results or {}).get("search")),
+        deployment=deployment_lines(results or {}),
         eval_split=eval_split,
         plots=plots,
         setup=setup,
@@ -163,6 +164,33 @@ def _eval_results(student, pipeline_tag, datasets, dataset_name, dataset_config,
         )
         for key, value in scores.items()
     ]
+
+
+def deployment_lines(results: dict) -> list[str]:
+    """One line per deployable form of the student in `results` (a model entry with a `file`, such as
+    `nlpkd.export`'s student.onnx): what it is, its size, its speed-up over the teacher at batch 1 and 32 and its
+    quality, each next to the eager student's, and how far its logits are from the eager student's."""
+    student = results.get("student") or {}
+    lines = []
+    for entry in results.values():
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        parts = [f"{entry['size_mb']:.1f} MB"]
+        parts[-1] += f" (eager student {student['size_mb']:.1f})" if "size_mb" in student else ""
+        if entry.get("speedup_b1") and entry.get("speedup_b32"):
+            speedup = f"{entry['speedup_b1']:.1f}× the teacher's speed at batch 1 and "
+            speedup += f"{entry['speedup_b32']:.1f}× at batch 32"
+            if student.get("speedup_b1") and student.get("speedup_b32"):
+                speedup += f" (eager student {student['speedup_b1']:.1f}× and {student['speedup_b32']:.1f}×)"
+            parts.append(speedup)
+        for key in (key for key in QUALITY_KEYS if entry.get(key) is not None):
+            scale, number = (100, "{:.1f} %") if key in ("accuracy", "f1") else (1, "{:.2f}")
+            parts.append(f"{METRIC_NAMES[key]} {number.format(entry[key] * scale)}")
+            parts[-1] += f" (eager student {number.format(student[key] * scale)})" if key in student else ""
+        if entry.get("max_logit_difference") is not None:
+            parts.append(f"logits at most {entry['max_logit_difference']:.2g} from the eager student's")
+        lines.append(f"`{entry['file']}`: {entry['form']}; " + "; ".join(parts))
+    return lines
 
 
 def search_summary(search: dict | None) -> dict | None:

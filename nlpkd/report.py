@@ -47,6 +47,21 @@ def model_size_mb(model: torch.nn.Module) -> float:
     return sum(bytes_by_storage.values()) / 1e6
 
 
+def model_cost(model: torch.nn.Module) -> dict[str, float | None]:
+    """`params` (`count_parameters`) and `size_mb` (`model_size_mb`) of `model`, or those it reports itself through a
+    `cost()` method: a deployed form run outside torch (`nlpkd.export.OnnxClassifier`: its file's size)."""
+    if hasattr(model, "cost"):
+        return model.cost()
+    return {"params": count_parameters(model), "size_mb": model_size_mb(model)}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where `model`'s inputs go: its parameters' device, or its `device` when torch holds none of its weights
+    (`nlpkd.export.OnnxClassifier`)."""
+    parameter = next(model.parameters(), None)
+    return model.device if parameter is None else parameter.device
+
+
 def measure_latency(
     model: torch.nn.Module,
     tokenizer,
@@ -66,7 +81,7 @@ def measure_latency(
         raise ValueError("texts is empty: give at least one text to time.")
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"Need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, {repeats}, {warmup}.")
-    device = next(model.parameters()).device
+    device = model_device(model)
     batch = [texts[index % len(texts)] for index in range(batch_size)]
     inputs = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
     return _median_ms(model, lambda: model(**inputs), warmup, repeats)
@@ -127,7 +142,7 @@ def generation_latency(
 ) -> float:
     """Median milliseconds to translate (generate from) one `text` at batch 1, in eval mode, with `generate_kwargs`
     (e.g. num_beams); the model's train/eval mode is restored afterwards."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     inputs = tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt").to(device)
     inputs.pop("token_type_ids", None)
     return _median_ms(model, lambda: model.generate(**inputs, **generate_kwargs), warmup, repeats)
@@ -136,7 +151,7 @@ def generation_latency(
 def _median_ms(model: torch.nn.Module, run, warmup: int, repeats: int) -> float:
     """Median milliseconds of `run()` over `repeats` timed calls after `warmup` untimed ones, with `model` in eval
     mode under `torch.inference_mode()` (its train/eval mode restored afterwards)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     seconds = []

@@ -22,7 +22,7 @@ def frontier():
 
 def parse(frontier, shape: str, lever: str, tmp_path):
     flags = frontier.recipe_flags(shape, lever, seed=3, epochs=5, output_dir=str(tmp_path / shape))
-    _, _, student_args, _, augment_args, args = text_classification.parse_args(flags)
+    _, _, student_args, _, augment_args, *_, args = text_classification.parse_args(flags)
     return student_args, augment_args, args
 
 

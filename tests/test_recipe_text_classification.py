@@ -4,6 +4,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,43 @@ def test_augmented_rows_train_the_student_and_the_baseline_keeps_the_originals(
     assert str(tmp_path / "teachers") in results["augmentation"]["masked_lm"]
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"data augmentation: TinyBERT word replacement, {added:,} variants (2 per text" in card
+
+
+def test_recipe_exports_the_student_to_onnx_and_int8_and_measures_them(tiny_teacher_dir, reviews_csv, tmp_path):
+    extra = ("--no_baseline", "true", "--export", "onnx", "--quantize", "int8", "--disable_tqdm", "true")
+    results = recipe.main(recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path, *extra))
+    output_dir = tmp_path / "out"
+    saved = json.loads((output_dir / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert set(saved) >= {"teacher", "student", "retention", "speedup", "student_onnx", "student_int8"}
+    for name, file in (("student_onnx", "student.onnx"), ("student_int8", "student.int8.onnx")):
+        entry = saved[name]
+        assert set(MODEL_KEYS) | {"speedup_b1", "speedup_b32", "file", "form"} <= set(entry), name
+        assert entry["file"] == file
+        assert entry["size_mb"] == os.path.getsize(output_dir / file) / 1e6
+        assert entry["params"] == saved["student"]["params"]
+        assert entry["num_test_examples"] == 6
+    # The ONNX student is the student: same predictions, logits within the export check's tolerance.
+    assert saved["student_onnx"]["accuracy"] == saved["student"]["accuracy"]
+    assert saved["student_onnx"]["max_logit_difference"] < 1e-4
+    assert saved["student_int8"]["size_mb"] < saved["student_onnx"]["size_mb"]
+    assert all(
+        set(round_) == {"teacher", "student", "student_onnx", "student_int8"} for round_ in saved["speed_rounds"]
+    )
+    card = (output_dir / "README.md").read_text()
+    assert "## Deployable forms" in card
+    assert "| student_onnx |" in card and "| student_int8 |" in card
+    assert f"`student.int8.onnx`: {saved['student_int8']['form']}; {saved['student_int8']['size_mb']:.1f} MB" in card
+
+
+def test_recipe_refuses_export_settings_before_training(tiny_teacher_dir, reviews_csv, tmp_path, monkeypatch):
+    flags = recipe_flags(tiny_teacher_dir, reviews_csv, tmp_path)
+    pairs = dict(zip(flags[::2], flags[1::2], strict=True))
+    config = tmp_path / "config.yaml"
+    config.write_text("".join(f"{name.lstrip('-')}: {value}\n" for name, value in pairs.items()) + "export: tflite\n")
+    with pytest.raises(ValueError, match="export='tflite' is not a choice: pass --export with one of none, onnx"):
+        recipe.main([str(config)])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    with pytest.raises(ImportError, match=r'needs onnxruntime, which is not installed: pip install "nlpkd\[export\]"'):
+        recipe.main([*flags, "--export", "onnx"])
+    assert not (tmp_path / "teachers").exists()

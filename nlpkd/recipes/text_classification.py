@@ -14,6 +14,7 @@ from nlpkd.augmentation import AugmentationArguments, augmentation_mlm, augmente
 from nlpkd.classification import compute_accuracy_f1, evaluate_classifiers, label_names, labelled_teacher, tokenize
 from nlpkd.cli import parse_recipe_args
 from nlpkd.data import load_classification_data, split_checks
+from nlpkd.export import ExportArguments, deployable_forms
 from nlpkd.fingerprint import fingerprint
 from nlpkd.pipeline import (
     build_student,
@@ -83,9 +84,9 @@ class DataArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple:
-    """(data, teacher, student, search, augmentation, distillation) arguments from flags or one config file."""
+    """(data, teacher, student, search, augmentation, export, distillation) arguments from flags or one config file."""
     groups = (DataArguments, TeacherArguments, StudentArguments, SearchArguments, AugmentationArguments)
-    return parse_recipe_args((*groups, DistillationArguments), DEFAULTS, argv)
+    return parse_recipe_args((*groups, ExportArguments, DistillationArguments), DEFAULTS, argv)
 
 
 def load_data(data_args: DataArguments) -> DatasetDict:
@@ -109,7 +110,7 @@ def load_data(data_args: DataArguments) -> DatasetDict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, teacher_args, student_args, search_args, augment_args, args = parse_args(argv)
+    data_args, teacher_args, student_args, search_args, augment_args, export_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     check_length_limit("max_seq_length", data_args.max_seq_length, teacher_args, student_args)
@@ -176,14 +177,21 @@ def main(argv: list[str] | None = None) -> dict:
     if not trainer.is_world_process_zero():
         return {}
 
-    # Stage 4: teacher, student and baseline on the held-out test split.
+    # Stage 4a (--export onnx, --quantize int8): the student's ONNX forms next to it, checked on validation texts.
+    forms = deployable_forms(
+        trainer.student, tokenizer, export_args, args.output_dir, data["validation"]["text"], data_args.max_seq_length
+    )
+
+    # Stage 4: teacher, student, baseline and the student's ONNX forms on the held-out test split.
     # The models are timed in turns, and the speed-up is the median of the per-round ratios (nlpkd.report).
-    models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
+    models = {"teacher": teacher, "student": trainer.student, "baseline": baseline, **forms}
     models = {name: model for name, model in models.items() if model is not None}
     test_texts = data["test"]["text"]
     results = evaluate_classifiers(
         models, tokenizer, tokenized["test"], test_texts, data_args.max_seq_length, show_progress=not args.disable_tqdm
     )
+    for name, form in forms.items():
+        results[name].update(form.details)
     results["retention"] = results["student"]["accuracy"] / results["teacher"]["accuracy"]
     results["speedup"] = results["student"]["speedup_b1"]
     results["student_init"] = student_start(trainer.student, student_args)  # auto resolved
