@@ -174,3 +174,12 @@ def test_pair_counts_from_token_counts_equal_the_pair_masks(causal):
     counts = batch_counts({"input_ids": torch.ones_like(mask), "attention_mask": mask}, "sequence", causal)
     assert counts["pairs"].item() == pair_mask(mask, mask.shape[1], causal).sum().item()
     assert counts["tokens"].item() == mask.sum().item()
+
+
+def test_a_second_backward_pass_is_refused_not_silently_rescaled():
+    student, teacher, mask = logits_and_mask(7)
+    leaf = student.clone().requires_grad_()
+    loss = logit_kd_loss(leaf, teacher, 2.0, "kl", mask)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated twice"):
+        loss.backward()
