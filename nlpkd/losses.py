@@ -320,22 +320,81 @@ def attention_mse_from_projections(
         keys = key_mask.bool()[:, None, :, None]
         student_keys = torch.where(keys, student_keys.float(), 0.0)
         teacher_keys = torch.where(keys, teacher_keys.float(), 0.0)
+    student_queries, student_keys = student_queries.float(), student_keys.float()
+    teacher_queries, teacher_keys = teacher_queries.detach().float(), teacher_keys.detach().float()
+    count = _pair_count(student_queries.shape, student_keys.shape[-2], mask, causal, key_mask, student_queries.device)
     with torch.autocast(student_queries.device.type, enabled=False):  # the products in fp32 under bf16 autocast
-        student_scores = student_queries.float() @ student_keys.float().transpose(-1, -2)
-        teacher_scores = teacher_queries.float() @ teacher_keys.float().transpose(-1, -2)
-    if causal:
-        squared_sum = (student_scores - teacher_scores).tril().pow(2).sum()
-    else:
-        squared_sum = F.mse_loss(student_scores, teacher_scores, reduction="sum")
-    return squared_sum / _pair_count(student_scores, mask, causal, key_mask)
+        return _ChunkedScoresMSE.apply(student_queries, student_keys, teacher_queries, teacher_keys, causal, count)
 
 
-def _pair_count(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool, key_mask: torch.Tensor | None):
-    """How many entries of the (..., B, H, T, S) `scores` are real pairs (at least 1), from per-row token counts:
-    n·s pairs for n real queries and s real keys, n(n + 1)/2 under `causal` (whatever the padding's side)."""
-    batch, length, keys = scores.shape[-4], scores.shape[-2], scores.shape[-1]
-    per_pair = scores.numel() // (batch * length * keys)  # heads × leading dims
-    device = scores.device
+# Score entries per chunk of the attention MSE, by device type (see LOGIT_CHUNK_ELEMENTS): a chunk's (heads, T, S)
+# scores and their difference stay in a CPU core's cache; a GPU gets few, large chunks.
+SCORE_CHUNK_ELEMENTS = {"cpu": 2**18}
+DEFAULT_SCORE_CHUNK_ELEMENTS = 2**26
+
+
+class _ChunkedScoresMSE(torch.autograd.Function):
+    """Σ over the (T, S) grids of (Q_s·K_sᵀ − Q_t·K_tᵀ)² (lower triangle when causal) / count, over chunks of the
+    flattened leading dims (layers × batch × heads): no (…, T, S) scores tensor is ever whole, and the gradients for
+    the student's queries and keys, 2·D·K_s and 2·Dᵀ·Q_s of each chunk's difference D, are made in the forward pass
+    into (…, T, d) buffers; backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, student_queries, student_keys, teacher_queries, teacher_keys, causal, count):
+        shape_q, shape_k = student_queries.shape, student_keys.shape
+        length, keys = shape_q[-2], shape_k[-2]
+        student_queries = student_queries.reshape(-1, length, shape_q[-1])
+        student_keys = student_keys.reshape(-1, keys, shape_k[-1])
+        teacher_queries = teacher_queries.reshape(-1, length, teacher_queries.shape[-1])
+        teacher_keys = teacher_keys.reshape(-1, keys, teacher_keys.shape[-1])
+        needs_gradient = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        query_gradient = torch.empty_like(student_queries) if needs_gradient else None
+        key_gradient = torch.empty_like(student_keys) if needs_gradient else None
+        elements = SCORE_CHUNK_ELEMENTS.get(student_queries.device.type, DEFAULT_SCORE_CHUNK_ELEMENTS)
+        chunk = max(1, elements // (length * keys))
+        total = torch.zeros((), dtype=torch.float32, device=student_queries.device)
+        for start in range(0, student_queries.shape[0], chunk):
+            grids = slice(start, start + chunk)
+            difference = torch.bmm(student_queries[grids], student_keys[grids].transpose(1, 2))
+            difference.sub_(torch.bmm(teacher_queries[grids], teacher_keys[grids].transpose(1, 2)))
+            if causal:
+                difference.tril_()
+            total = total + difference.pow(2).sum()
+            if needs_gradient:
+                difference.mul_(2.0)
+                torch.bmm(difference, student_keys[grids], out=query_gradient[grids])
+                torch.bmm(difference.transpose(1, 2), student_queries[grids], out=key_gradient[grids])
+        ctx.save_for_backward(query_gradient, key_gradient, count)
+        ctx.shapes, ctx.gradient_used = (shape_q, shape_k), False
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.gradient_used:
+            raise RuntimeError(
+                "The attention MSE was backpropagated twice (retain_graph=True): its gradient buffers are scaled in "
+                "place by the first backward pass. Compute the loss again for a second backward pass."
+            )
+        ctx.gradient_used = True
+        query_gradient, key_gradient, count = ctx.saved_tensors
+        scale = grad_output / count
+        shape_q, shape_k = ctx.shapes
+        return query_gradient.mul_(scale).view(shape_q), key_gradient.mul_(scale).view(shape_k), None, None, None, None
+
+
+def _pair_count(
+    query_shape: torch.Size,
+    keys: int,
+    mask: torch.Tensor | None,
+    causal: bool,
+    key_mask: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """How many entries of the (..., B, H, T, S) scores of queries shaped `query_shape` (..., B, H, T, d) and `keys`
+    keys are real pairs (at least 1), from per-row token counts: n·s pairs for n real queries and s real keys,
+    n(n + 1)/2 under `causal` (whatever the padding's side)."""
+    batch, length = query_shape[-4], query_shape[-2]
+    per_pair = math.prod(query_shape[:-2]) // batch  # heads × leading dims
     queries = torch.full((batch,), length, device=device) if mask is None else mask.sum(-1)
     if causal:
         pairs = (queries * (queries + 1) // 2).sum()

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nlpkd import losses
 from nlpkd.losses import (
     attention_mse_from_projections,
     attention_scores_mse_loss,
@@ -183,3 +184,19 @@ def test_a_second_backward_pass_is_refused_not_silently_rescaled():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backpropagated twice"):
         loss.backward()
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 10**6])  # score entries per chunk: one grid, a ragged split, all at once
+def test_attention_mse_is_the_same_whatever_the_chunking(monkeypatch, chunk):
+    mask = token_masks()
+    values = []
+    for elements in (chunk, 10**9):
+        monkeypatch.setitem(losses.SCORE_CHUNK_ELEMENTS, "cpu", elements)
+        student = [t.requires_grad_() for t in projections(3, 2, 6, 6, 4, seed=8, layers=2)]
+        loss = attention_mse_from_projections(tuple(student), projections(3, 2, 6, 6, 4, seed=9, layers=2), mask, True)
+        loss.backward(retain_graph=True)
+        values.append((loss.detach(), *(t.grad for t in student)))
+        with pytest.raises(RuntimeError, match="backpropagated twice"):
+            loss.backward()
+    for chunked, whole in zip(*values, strict=True):
+        torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-7)
