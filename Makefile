@@ -61,12 +61,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check nlpkd recipes tests benchmarks
 
-# P1 step overhead, P2 cached-KD epochs, P5 peak memory (minutes), then P3 the quality-speed frontier
-# (2 shapes x 5 levers x 3 seeds = 30 distillations, 4-15 min each on 2 cores: several hours; --reuse resumes).
+# P1 step overhead (classification, then the real loop, then the causal LM), P2 cached-KD epochs, P5 peak memory
+# (classification, causal LM): about 25 minutes on 2 cores; then P3 the quality-speed frontier (2 shapes x 5 levers
+# x 3 seeds = 30 distillations, 4-15 min each: several hours; --reuse resumes). On a GPU machine add
+# `--device cuda --bf16` (and `--teacher bert-base`) to step_overhead.py and peak_memory.py.
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py
+	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py --mode loop
+	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py --task causal_lm --rounds 3 --warmup 1
 	$(OFFLINE) $(BIN)/python benchmarks/cached_epoch.py
 	$(OFFLINE) $(BIN)/python benchmarks/peak_memory.py
+	$(OFFLINE) $(BIN)/python benchmarks/peak_memory.py --task causal_lm --steps 2
 	$(OFFLINE) $(BIN)/python benchmarks/frontier.py --reuse
 
 clean:

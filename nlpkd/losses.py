@@ -7,6 +7,7 @@ data and a GPU never has to report back to the host in the middle of a training 
 """
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -244,24 +245,67 @@ def sparse_logit_kd_loss(
 
 
 def hidden_mse_loss(
-    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor | None = None
+    student_hidden: torch.Tensor | Sequence[torch.Tensor],
+    teacher_hidden: torch.Tensor | Sequence[torch.Tensor],
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between hidden states over non-padding tokens.
 
+    Computed layer by layer with the gradient for the student's states made in the forward pass: no stacked copy of
+    the layers, and padding states (possibly inf in fp16) are replaced, not multiplied, by 0 on both sides, so they
+    add 0 and pass no gradient.
+
     Args:
-        student_hidden: (..., B, T, D) student states, already projected to the teacher's width D; leading dims (e.g.
-            the stacked layers of one stack) are averaged over too.
-        teacher_hidden: (..., B, T, D) teacher states.
+        student_hidden: (B, T, D) student states, already projected to the teacher's width D; or several layers'
+            states, as a sequence of (B, T, D) tensors or one (..., B, T, D) tensor, averaged over too.
+        teacher_hidden: the teacher's states, laid out as `student_hidden`.
         mask: (B, T) attention mask (1 = token, 0 = padding); None = all tokens.
     """
-    student_hidden, teacher_hidden = student_hidden.float(), teacher_hidden.float()
-    if mask is None:
-        return F.mse_loss(student_hidden, teacher_hidden)
-    keep = mask.bool()[..., None]
-    # Padding states (possibly inf in fp16) are replaced, not multiplied, by 0 on both sides: they add 0 and pass no
-    # gradient.
-    student_hidden, teacher_hidden = torch.where(keep, student_hidden, 0.0), torch.where(keep, teacher_hidden, 0.0)
-    return F.mse_loss(student_hidden, teacher_hidden, reduction="sum") / _broadcast_count(keep, student_hidden)
+    students, teachers = _layer_list(student_hidden), _layer_list(teacher_hidden)
+    if len(students) != len(teachers):
+        raise ValueError(f"{len(students)} student layers against {len(teachers)} teacher layers.")
+    first = students[0]
+    keep = None if mask is None else mask.bool()
+    count = first.shape[-1] * len(students) * (first[..., 0].numel() if keep is None else keep.sum())
+    count = torch.as_tensor(count, dtype=torch.float32, device=first.device).clamp(min=1)
+    return _HiddenMSE.apply(keep, count, len(students), *students, *(t.detach() for t in teachers))
+
+
+def _layer_list(states: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(states, torch.Tensor):
+        return list(states.reshape(-1, *states.shape[-3:]).unbind(0)) if states.dim() > 3 else [states]
+    return list(states)
+
+
+class _HiddenMSE(torch.autograd.Function):
+    """Σ over layers and real tokens of ‖s − t‖² / count; each layer's gradient 2·(s − t) is made in the forward
+    pass."""
+
+    @staticmethod
+    def forward(ctx, keep, count, layers, *states):
+        students, teachers = states[:layers], states[layers:]
+        total = torch.zeros((), dtype=torch.float32, device=count.device)
+        gradients = []
+        for student, teacher in zip(students, teachers, strict=True):
+            difference = student.float() - teacher.float()
+            if keep is not None:
+                difference.masked_fill_(~keep[..., None], 0.0)
+            total = total + difference.pow(2).sum()
+            if ctx.needs_input_grad[3 + len(gradients)]:
+                gradients.append(difference.mul_(2.0).to(student.dtype))
+            else:
+                gradients.append(None)
+        ctx.save_for_backward(count, *(g for g in gradients if g is not None))
+        ctx.has_gradient = [g is not None for g in gradients]
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        count, *saved = ctx.saved_tensors
+        scale = grad_output / count
+        saved = iter(saved)
+        gradients = [next(saved) * scale if has else None for has in ctx.has_gradient]
+        return None, None, None, *gradients, *([None] * len(gradients))
 
 
 def attention_scores_mse_loss(

@@ -186,10 +186,9 @@ class HiddenTerm:
 
     def loss(self, view: BatchView) -> torch.Tensor:
         teacher_states = getattr(view.teachers[self.teacher], self.outputs)
-        # Every layer counts the same tokens: the mean over the stacked layers is the mean of the per-layer means.
-        student = torch.stack(view.projected[self.name])  # (L + 1, B, T, D)
-        teacher = torch.stack([teacher_states[layer] for layer in (0, *self.layer_map)])
-        return hidden_mse_loss(student, teacher, side_mask(view.inputs, self.side))
+        # Every layer counts the same tokens: the mean over all layers is the mean of the per-layer means.
+        teacher = [teacher_states[layer] for layer in (0, *self.layer_map)]
+        return hidden_mse_loss(view.projected[self.name], teacher, side_mask(view.inputs, self.side))
 
 
 @dataclass(frozen=True)

@@ -200,3 +200,17 @@ def test_attention_mse_is_the_same_whatever_the_chunking(monkeypatch, chunk):
             loss.backward()
     for chunked, whole in zip(*values, strict=True):
         torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_hidden_mse_over_a_list_of_layers_equals_the_stacked_form_and_skips_padding_gradients():
+    generator = torch.Generator().manual_seed(10)
+    student = torch.randn(3, 3, 6, 8, generator=generator, requires_grad=True)
+    teacher = torch.randn(3, 3, 6, 8, generator=generator)
+    mask = token_masks()
+    listed = hidden_mse_loss(list(student.unbind(0)), list(teacher.unbind(0)), mask)
+    listed.backward()
+    expected = (student.detach()[:, mask] - teacher[:, mask]).pow(2).mean()
+    torch.testing.assert_close(listed, expected, rtol=1e-6, atol=1e-7)
+    assert not student.grad[:, ~mask].any() and student.grad[:, mask].abs().sum() > 0
+    with pytest.raises(ValueError, match="3 student layers against 2 teacher layers"):
+        hidden_mse_loss(list(student.unbind(0)), list(teacher.unbind(0))[:2], mask)
