@@ -45,6 +45,7 @@ def logit_kd_loss(
     kind: str = "kl",
     mask: torch.Tensor | None = None,
     chunk_elements: int | None = None,
+    overwrite_teacher: bool = False,
 ) -> torch.Tensor:
     """Logit distillation loss, averaged over the valid positions.
 
@@ -62,6 +63,9 @@ def logit_kd_loss(
         mask: (...) boolean, true where a position counts; None = all positions.
         chunk_elements: logits per chunk (rounded to whole positions, at least one); None = the device's default,
             `LOGIT_CHUNK_ELEMENTS`.
+        overwrite_teacher: the teacher's logits are read nowhere else: the student's gradient may be written over
+            them, chunk by chunk once read (when they have the student's dtype and layout), instead of into a new
+            (positions × classes) buffer — one such tensor less at the peak, and on a CPU no fresh pages to touch.
     """
     if kind not in LOGIT_KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, LOGIT_KINDS))}, got {kind!r}.")
@@ -81,7 +85,9 @@ def logit_kd_loss(
     if chunk_elements is None:
         chunk_elements = LOGIT_CHUNK_ELEMENTS.get(student.device.type, DEFAULT_LOGIT_CHUNK_ELEMENTS)
     chunk_rows = max(1, chunk_elements // max(classes, 1))
-    return _ChunkedLogitLoss.apply(student, teacher, mask, float(temperature), kind, chunk_rows)
+    reusable = teacher.dtype == student.dtype and teacher.is_contiguous() and teacher.data_ptr() != student.data_ptr()
+    buffer = teacher if overwrite_teacher and reusable else None
+    return _ChunkedLogitLoss.apply(student, teacher, mask, float(temperature), kind, chunk_rows, buffer)
 
 
 class _ChunkedLogitLoss(torch.autograd.Function):
@@ -89,9 +95,11 @@ class _ChunkedLogitLoss(torch.autograd.Function):
     student's logits (written straight into one (N, C) buffer); the backward pass only scales that gradient."""
 
     @staticmethod
-    def forward(ctx, student, teacher, mask, temperature, kind, chunk_rows):
+    def forward(ctx, student, teacher, mask, temperature, kind, chunk_rows, buffer):
         needs_gradient = ctx.needs_input_grad[0]
-        gradient = torch.empty_like(student) if needs_gradient else None
+        # A chunk's rows of `buffer` (the teacher's logits, when the caller allows it) are written only after they
+        # have been read.
+        gradient = (torch.empty_like(student) if buffer is None else buffer) if needs_gradient else None
         total = torch.zeros((), dtype=torch.float32, device=student.device)
         for start in range(0, student.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
@@ -118,7 +126,7 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         gradient, count = ctx.saved_tensors
         # In place: a second (positions × classes) tensor would cost as much memory again (and, on a CPU, the page
         # faults of touching it).
-        return gradient.mul_((grad_output / count).to(gradient.dtype)), None, None, None, None, None
+        return gradient.mul_((grad_output / count).to(gradient.dtype)), None, None, None, None, None, None
 
 
 def _logit_rows(

@@ -106,7 +106,9 @@ class LogitTerm:
         student, mask = logit_grid(view.inputs, view.student.logits, self.level)
         teachers = [logit_grid(view.inputs, view.teachers[i].logits, self.level)[0] for i in self.teachers]
         teacher = teacher_mixture_logits(teachers, list(self.teacher_weights), self.temperature, self.kind)
-        return logit_kd_loss(student, teacher, self.temperature, self.kind, mask)
+        # Nothing reads the teachers' logits after this term (nor a mixture made here): the student's gradient may
+        # take their memory.
+        return logit_kd_loss(student, teacher, self.temperature, self.kind, mask, overwrite_teacher=True)
 
 
 @dataclass(frozen=True)

@@ -214,3 +214,15 @@ def test_hidden_mse_over_a_list_of_layers_equals_the_stacked_form_and_skips_padd
     assert not student.grad[:, ~mask].any() and student.grad[:, mask].abs().sum() > 0
     with pytest.raises(ValueError, match="3 student layers against 2 teacher layers"):
         hidden_mse_loss(list(student.unbind(0)), list(teacher.unbind(0))[:2], mask)
+
+
+def test_overwriting_the_teacher_logits_gives_the_same_loss_and_gradient_and_only_when_asked():
+    student, teacher, mask = logits_and_mask(11)
+    results = []
+    for overwrite in (False, True):
+        leaf, target = student.clone().requires_grad_(), teacher.clone()
+        loss = logit_kd_loss(leaf, target, 2.0, "kl", mask, chunk_elements=3 * CLASSES, overwrite_teacher=overwrite)
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+        assert torch.equal(target, teacher) != overwrite  # kept intact unless the caller gave it up
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
