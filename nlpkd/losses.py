@@ -14,9 +14,10 @@ import torch.nn.functional as F
 
 LOGIT_KINDS = ("kl", "soft_ce", "mse")
 # Logits per chunk of logit KD, by device type: no temporary of a chunk (tempered logits, log-probabilities,
-# probabilities) is larger, whatever the vocabulary. On a CPU, 2^17 fp32 (512 KiB: it stays in a core's cache) was the
-# fastest of 2^16..2^24 for 4064 positions x 30,522 classes on 2 cores (0.36-0.40 s for forward and backward, against
-# 1.0-1.7 s at 2^19 and 3.4-6.3 s unchunked); on a GPU, fewer and larger chunks keep the kernel launches few.
+# probabilities) is larger, whatever the vocabulary. On a CPU, 2^16..2^18 fp32 (256 KiB-1 MiB: they stay in a core's
+# cache) were the fastest for 4064 positions x 30,522 classes on 2 cores (0.35-0.47 s for forward and backward,
+# against 1.0-1.7 s at 2^19 and more, 2.5-7.1 s unchunked; benchmarks/logit_loss.py); on a GPU, fewer and larger
+# chunks keep the kernel launches few.
 LOGIT_CHUNK_ELEMENTS = {"cpu": 2**17}
 DEFAULT_LOGIT_CHUNK_ELEMENTS = 2**24
 
