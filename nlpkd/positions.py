@@ -85,6 +85,14 @@ def aligned_labels(labels: torch.Tensor, level: str) -> torch.Tensor:
     return labels[:, 1:] if level == "causal" else labels
 
 
+def label_grid(labels: torch.Tensor, level: str) -> torch.Tensor:
+    """The labels on the full logit grid of a token-level model, (B, T): for `causal`, position i holds label i+1
+    (the next token) and the last position -100; otherwise the labels."""
+    if level != "causal":
+        return labels
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 def distilled_mask(inputs: dict, logits: torch.Tensor, level: str) -> torch.Tensor | None:
     """`logit_mask` of the batch, checked against the (B, T) positions of the aligned `logits` (B, T, C);
     None = every position."""

@@ -40,8 +40,9 @@ from .losses import (
     relation_kl_loss,
     sparse_logit_kd_loss,
     teacher_mixture_logits,
+    token_cross_entropy,
 )
-from .positions import IGNORE_INDEX, distilled_rows, logit_grid, side_mask
+from .positions import IGNORE_INDEX, distilled_rows, label_grid, logit_grid, side_mask
 from .teacher_cache import CACHE_ROW, TeacherCache
 
 
@@ -72,12 +73,16 @@ class HardTerm:
 
     def loss(self, view: BatchView) -> torch.Tensor:
         outputs = view.student
+        labels = view.inputs.get("labels")
+        if outputs.loss is None and labels is not None and self.level != "sequence":
+            # The trainer ran a token-level student without its labels, having checked once that its loss is the
+            # plain cross-entropy: the same loss, chunked, without the (positions × vocabulary) buffers.
+            return token_cross_entropy(outputs.logits, label_grid(labels, self.level))
         if outputs.loss is None:
             raise ValueError(
                 f"hard_label_weight={self.weight} but the student returned no loss: the batch has no "
                 f"{list(self.label_names)}. Add labels to the dataset, or set hard_label_weight=0."
             )
-        labels = view.inputs["labels"]
         if labels.is_floating_point():  # regression targets: no ignored label
             return outputs.loss
         # A micro-batch whose labels are all ignored (padding, or augmented rows that only the teacher labels) gives

@@ -25,7 +25,8 @@ from .distillation_model import (
     make_projections,
     save_distillation_model,
 )
-from .positions import MASKED_LM_CLASSES, batch_counts, logit_level
+from .losses import token_cross_entropy
+from .positions import MASKED_LM_CLASSES, batch_counts, label_grid, logit_level
 from .preflight import check_teacher_student, check_tokenizer_fits
 from .publishing import PublishingMixin
 from .schedules import group_scales, temperature_at
@@ -155,6 +156,11 @@ class DistillationMixin:
         ]
         self.loss_weights = {term.name: term.weight for term in self.terms}
         self._causal_attention = any(term.causal for term in self.attention_terms)
+        # A token-level student's own loss may be computed by its hard term from the logits instead (see
+        # `_check_own_cross_entropy`): None until the first training batch has shown whether that gives the same.
+        token_level = self.logit_level in ("causal", "token") and not self.seq2seq
+        plain_labels = list(self.label_names) == ["labels"]
+        self._own_cross_entropy = None if "hard_loss" in self.loss_weights and token_level and plain_labels else False
         online = [term for term in self.terms if isinstance(term, LogitTerm)]
         self._teacher_runs = []  # per teacher: (run it?, ask for hidden states?, its attention captures)
         for index in range(len(self._teacher_models)):
@@ -326,12 +332,15 @@ class DistillationMixin:
         """Run the student and the teachers for what the enabled terms need (hidden states, attention captures)."""
         model_inputs = _model_inputs(inputs)
         features = {name: value for name, value in model_inputs.items() if name not in self.label_names}
-        student_inputs = model_inputs if "hard_loss" in self.loss_weights else features
+        own_cross_entropy = self._own_cross_entropy is True and model.training
+        student_inputs = model_inputs if "hard_loss" in self.loss_weights and not own_cross_entropy else features
         with _recording([term.student_capture for term in self.attention_terms]):
             if self.hidden_terms:
                 outputs, projected = model(**student_inputs, project_hidden_states=True)
             else:
                 outputs, projected = model(**student_inputs), {}
+        if self._own_cross_entropy is None and model.training and outputs.loss is not None:
+            self._own_cross_entropy = self._check_own_cross_entropy(outputs, inputs["labels"])
         teacher_outputs = []
         runs = self._teacher_runs if self.teachers else []  # no teacher runs with the cache
         for teacher, (run, hidden, captures) in zip(self.teachers, runs, strict=True):
@@ -341,6 +350,26 @@ class DistillationMixin:
             with torch.no_grad(), _recording(captures):
                 teacher_outputs.append(teacher(**features, output_hidden_states=hidden))
         return BatchView(inputs, outputs, projected, tuple(teacher_outputs))
+
+    def _check_own_cross_entropy(self, outputs, labels: torch.Tensor) -> bool | None:
+        """Whether the student's loss is the plain token cross-entropy (`losses.token_cross_entropy`): then later
+        training batches run the student without labels and the hard term computes that loss in chunks, which spares
+        the model's (positions × vocabulary) log-probabilities and gradient buffers. Checked once, on this batch's
+        values (one host read): a model whose loss adds anything (an auxiliary loss, label smoothing) keeps its own.
+        None (check again) when this batch gives no finite loss to compare."""
+        model_loss = outputs.loss.detach().float()
+        if not bool(torch.isfinite(model_loss)):
+            return None
+        own = token_cross_entropy(outputs.logits.detach(), label_grid(labels, self.logit_level))
+        same = bool(torch.isclose(own, model_loss, rtol=1e-4, atol=1e-6))
+        logger.info(
+            "The student's own loss %s the token cross-entropy (%.6g vs %.6g): %s.",
+            "is" if same else "is not",
+            model_loss.item(),
+            own.item(),
+            "computed in chunks from its logits from now on" if same else "kept as the model computes it",
+        )
+        return same
 
     def _normalisers(self, inputs) -> dict[str, torch.Tensor]:
         """Per term, (positions in this micro-batch) / (positions in the optimizer step) × processes.

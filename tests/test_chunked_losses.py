@@ -12,6 +12,7 @@ from nlpkd.losses import (
     hidden_mse_loss,
     logit_kd_loss,
     pair_mask,
+    token_cross_entropy,
 )
 from nlpkd.positions import batch_counts
 
@@ -226,3 +227,19 @@ def test_overwriting_the_teacher_logits_gives_the_same_loss_and_gradient_and_onl
         results.append((loss.detach(), leaf.grad))
         assert torch.equal(target, teacher) != overwrite  # kept intact unless the caller gave it up
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("chunk_positions", [1, 4, 1000])
+def test_token_cross_entropy_equals_torch_cross_entropy_over_the_labelled_positions(chunk_positions):
+    student, _, mask = logits_and_mask(12)
+    targets = torch.randint(0, CLASSES, mask.shape, generator=torch.Generator().manual_seed(13))
+    targets[~mask] = -100
+    mine, reference = student.clone().requires_grad_(), student.clone().requires_grad_()
+    loss = token_cross_entropy(mine, targets, chunk_elements=chunk_positions * CLASSES)
+    expected = F.cross_entropy(reference.view(-1, CLASSES), targets.view(-1))
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mine.grad, reference.grad, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="do not match the logits' positions"):
+        token_cross_entropy(student, targets[:, :3])

@@ -87,12 +87,14 @@ def test_classification_loss_path_is_sync_free(tmp_path, teacher, student, class
     assert all(torch.isfinite(value) for value in losses.values()) and "logit_loss" in losses
 
 
+@pytest.mark.parametrize("own_cross_entropy", [False, True])  # the model's loss, or the hard term's from the logits
 @pytest.mark.parametrize("kind", ["mlm", "bert_clm", "gpt2"])
-def test_language_model_loss_path_is_sync_free(tmp_path, kind):
+def test_language_model_loss_path_is_sync_free(tmp_path, kind, own_cross_entropy):
     teacher, student = lm_pair(kind)
     trainer = lm_trainer(
         tmp_path, teacher, student, lm_dataset(causal=kind != "mlm"), hidden_weight=1.0, attention_weight=1.0
     )
+    trainer._own_cross_entropy = own_cross_entropy
     batch = LabelPadCollator(extra_padding=2)([lm_dataset(causal=kind != "mlm")[index] for index in range(4)])
     losses = step_losses(trainer, batch)
     assert set(losses) == {"hard_loss", "logit_loss", "hidden_loss", "attention_loss"}

@@ -341,3 +341,41 @@ def test_causal_lm_logit_kd_with_every_position_labelled(tmp_path):
     student_logits = student(input_ids=input_ids).logits[:, :-1]
     flat = student_logits.shape[-1]
     torch.testing.assert_close(loss, expected_kl(student_logits.reshape(-1, flat), teacher_logits.reshape(-1, flat)))
+
+
+@pytest.mark.parametrize("kind", ["mlm", "bert_clm", "gpt2"])
+def test_the_hard_loss_is_computed_from_the_logits_after_one_check_with_the_same_values(tmp_path, kind):
+    teacher, student = lm_pair(kind)
+    dataset = lm_dataset(causal=kind != "mlm")
+    trainer = lm_trainer(tmp_path, teacher, student, dataset)
+    batch = trainer._prepare_inputs(LabelPadCollator(extra_padding=2)([dataset[index] for index in range(4)]))
+    assert trainer._own_cross_entropy is None
+    trainer.model.train()
+    with torch.no_grad():
+        model_loss = trainer._term_losses(trainer.model, batch)[1]["hard_loss"]  # the check runs on this batch
+        assert trainer._own_cross_entropy is True
+        outputs, losses = trainer._term_losses(trainer.model, batch)
+    assert outputs.loss is None  # the student ran without its labels
+    torch.testing.assert_close(losses["hard_loss"], model_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_a_student_whose_loss_is_not_plain_cross_entropy_keeps_its_own(tmp_path, monkeypatch):
+    teacher, student = lm_pair("gpt2")
+    original = type(student).forward
+
+    def forward_with_an_auxiliary_loss(self, *args, **kwargs):
+        outputs = original(self, *args, **kwargs)
+        if outputs.loss is not None:
+            outputs.loss = outputs.loss + 0.5  # e.g. a router's auxiliary loss
+        return outputs
+
+    monkeypatch.setattr(type(student), "forward", forward_with_an_auxiliary_loss)
+    dataset = lm_dataset(causal=True)
+    trainer = lm_trainer(tmp_path, teacher, student, dataset)
+    batch = trainer._prepare_inputs(LabelPadCollator()([dataset[index] for index in range(4)]))
+    trainer.model.train()
+    with torch.no_grad():
+        first = trainer._term_losses(trainer.model, batch)[1]["hard_loss"]
+        second = trainer._term_losses(trainer.model, batch)[1]["hard_loss"]
+    assert trainer._own_cross_entropy is False
+    torch.testing.assert_close(first, second)  # the model's own loss, auxiliary part included, both times
