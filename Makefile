@@ -68,7 +68,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py
 	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py --mode loop
-	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py --task causal_lm --rounds 3 --warmup 1
+	$(OFFLINE) $(BIN)/python benchmarks/step_overhead.py --task causal_lm --rounds 5 --warmup 1
 	$(OFFLINE) $(BIN)/python benchmarks/logit_loss.py
 	$(OFFLINE) $(BIN)/python benchmarks/cached_epoch.py
 	$(OFFLINE) $(BIN)/python benchmarks/peak_memory.py
