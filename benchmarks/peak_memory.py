@@ -29,6 +29,8 @@ from workloads import (
     build_teacher,
     describe,
     make_batch,
+    optimizer_step,
+    prepared,
     resolve,
     teacher_forward,
     training_arguments,
@@ -80,12 +82,9 @@ def run_part(options) -> int:
 
 def train_steps(trainer: Trainer, batch: dict[str, torch.Tensor], options) -> None:
     """Optimizer steps through the trainer's own training_step (the optimizer's state appears at the first)."""
-    trainer.create_optimizer()
-    trainer.current_gradient_accumulation_steps = 1  # set by train(); the steps here run outside it
+    prepared(trainer)
     for _ in range(options.steps):
-        trainer.training_step(trainer.model, dict(batch))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad()
+        optimizer_step(trainer, batch)
 
 
 def measure(part: str, options, student_dir: str, output_dir: str) -> int:

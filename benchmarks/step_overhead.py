@@ -33,6 +33,8 @@ from workloads import (
     build_teacher,
     describe,
     make_batch,
+    optimizer_step,
+    prepared,
     resolve,
     synchronised,
     teacher_forward,
@@ -64,13 +66,6 @@ def main() -> None:
             loop_overhead(options, teacher, output_dir)
 
 
-def prepared(trainer: Trainer) -> Trainer:
-    """A trainer ready for `training_step` calls outside `train()`."""
-    trainer.create_optimizer()
-    trainer.current_gradient_accumulation_steps = 1  # set by train()
-    return trainer
-
-
 def step_overhead(options, teacher, output_dir: str) -> None:
     rounds = options.rounds or 15
     batch = make_batch(options, teacher.config.vocab_size)
@@ -88,19 +83,12 @@ def step_overhead(options, teacher, output_dir: str) -> None:
         for name, settings in KD_SETTINGS.items()
     }
 
-    def training_step(trainer: Trainer):
-        def step():
-            trainer.training_step(trainer.model, dict(batch))
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad()
-
-        return step
-
     steps = {
         "teacher_forward": lambda: teacher_forward(teacher, features, options),
-        "student_step": training_step(plain),
+        "student_step": lambda: optimizer_step(plain, batch),
     }
-    steps.update({name: training_step(trainer) for name, trainer in trainers.items()})
+    for name, trainer in trainers.items():
+        steps[name] = lambda trainer=trainer: optimizer_step(trainer, batch)
     now = synchronised(options.device)
     seconds = {name: [] for name in steps}
     for round_index in range(options.warmup + rounds):

@@ -109,6 +109,20 @@ def training_arguments(options: argparse.Namespace, output_dir: str, distillatio
     return DistillationArguments(**common) if distillation else TrainingArguments(**common)
 
 
+def prepared(trainer):
+    """A trainer ready for `training_step` calls outside `train()` (its optimizer made, no accumulation)."""
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by train()
+    return trainer
+
+
+def optimizer_step(trainer, batch: dict[str, torch.Tensor]) -> None:
+    """One optimizer step through the trainer's own `training_step`, as `Trainer.train()` takes it."""
+    trainer.training_step(trainer.model, dict(batch))
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad()
+
+
 def synchronised(device: str):
     """A clock that waits for the device's queued work before each reading."""
 

@@ -16,9 +16,9 @@ LOGIT_KINDS = ("kl", "soft_ce", "mse")
 IGNORE_INDEX = -100  # a target that does not count (transformers' convention)
 # Logits per chunk of logit KD, by device type: no temporary of a chunk (tempered logits, log-probabilities,
 # probabilities) is larger, whatever the vocabulary. On a CPU, 2^16..2^18 fp32 (256 KiB-1 MiB: they stay in a core's
-# cache) were the fastest for 4064 positions x 30,522 classes on 2 cores (0.35-0.47 s for forward and backward,
-# against 1.0-1.7 s at 2^19 and more, 2.5-7.1 s unchunked; benchmarks/logit_loss.py); on a GPU, fewer and larger
-# chunks keep the kernel launches few.
+# cache) were the fastest for 4064 positions x 30,522 classes on 2 cores, forward and backward (benchmarks/
+# logit_loss.py and earlier runs: 2^16 0.40-0.49 s, 2^17 0.36-0.46 s, 2^18 0.34-1.04 s, 2^19 1.0-1.7 s, unchunked
+# 2.5-7.1 s); 2^17 was never slow. On a GPU, fewer and larger chunks keep the kernel launches few.
 LOGIT_CHUNK_ELEMENTS = {"cpu": 2**17}
 DEFAULT_LOGIT_CHUNK_ELEMENTS = 2**24
 
@@ -84,9 +84,7 @@ def logit_kd_loss(
             positions = tuple(student_logits.shape[:-1])
             raise ValueError(f"mask {tuple(mask.shape)} does not match the logits' positions {positions}.")
         mask = mask.reshape(-1).bool()
-    if chunk_elements is None:
-        chunk_elements = LOGIT_CHUNK_ELEMENTS.get(student.device.type, DEFAULT_LOGIT_CHUNK_ELEMENTS)
-    chunk_rows = max(1, chunk_elements // max(classes, 1))
+    chunk_rows = _chunk_rows(classes, student.device, chunk_elements)
     reusable = teacher.dtype == student.dtype and teacher.is_contiguous() and teacher.data_ptr() != student.data_ptr()
     buffer = teacher if overwrite_teacher and reusable else None
     return _ChunkedLogitLoss.apply(student, teacher, mask, float(temperature), kind, chunk_rows, buffer)
@@ -110,12 +108,17 @@ def token_cross_entropy(
         raise ValueError(
             f"targets {tuple(targets.shape)} do not match the logits' positions {tuple(logits.shape[:-1])}."
         )
-    if chunk_elements is None:
-        chunk_elements = LOGIT_CHUNK_ELEMENTS.get(logits.device.type, DEFAULT_LOGIT_CHUNK_ELEMENTS)
     mask = targets.reshape(-1) != IGNORE_INDEX
     class_ids = targets.reshape(-1).clamp(min=0)  # an ignored position's id is never used
-    chunk_rows = max(1, chunk_elements // max(classes, 1))
+    chunk_rows = _chunk_rows(classes, logits.device, chunk_elements)
     return _ChunkedLogitLoss.apply(logits.reshape(-1, classes), class_ids, mask, 1.0, "hard", chunk_rows, None)
+
+
+def _chunk_rows(classes: int, device: torch.device, chunk_elements: int | None) -> int:
+    """Positions per chunk: `chunk_elements` logits (None = the device's default), at least one position."""
+    if chunk_elements is None:
+        chunk_elements = LOGIT_CHUNK_ELEMENTS.get(device.type, DEFAULT_LOGIT_CHUNK_ELEMENTS)
+    return max(1, chunk_elements // max(classes, 1))
 
 
 class _ChunkedLogitLoss(torch.autograd.Function):
@@ -395,8 +398,9 @@ def attention_mse_from_projections(
     """`attention_scores_mse_loss` of the scores Q·Kᵀ, computed from the scaled queries and the keys.
 
     The padded queries and keys are set to 0 on both sides before the products, so every pair with a padded token
-    scores 0 − 0: the loss is one fused MSE over the whole grid (lower triangle when `causal`), divided by the count
-    of real pairs, with no (B, 1, T, S) pair mask and no masking pass over the scores.
+    scores 0 − 0: the squared differences are summed over the whole grid (lower triangle when `causal`), chunk by
+    chunk (`_ChunkedScoresMSE`), and divided by the count of real pairs — no (B, 1, T, S) pair mask, no masking pass
+    over the scores, and no whole (..., T, S) scores tensor.
 
     Args:
         student: (queries (..., B, H, T, d) already multiplied by the score scale, keys (..., B, H, S, d)).
@@ -416,6 +420,7 @@ def attention_mse_from_projections(
         keys = key_mask.bool()[:, None, :, None]
         student_keys = torch.where(keys, student_keys.float(), 0.0)
         teacher_keys = torch.where(keys, teacher_keys.float(), 0.0)
+    # (where() above already gave fp32; these upcast the unmasked case)
     student_queries, student_keys = student_queries.float(), student_keys.float()
     teacher_queries, teacher_keys = teacher_queries.detach().float(), teacher_keys.detach().float()
     count = _pair_count(student_queries.shape, student_keys.shape[-2], mask, causal, key_mask, student_queries.device)

@@ -15,7 +15,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_MAPPING_NAMES,
 )
 
-IGNORE_INDEX = -100
+from .losses import IGNORE_INDEX  # re-exported: the trainer, terms and data code import it from here
 
 
 def _class_names(mapping) -> set[str]:

@@ -166,9 +166,10 @@ def test_stacked_hidden_mse_is_the_mean_of_the_per_layer_losses():
     student, teacher = torch.randn(4, 3, 6, 8, generator=generator), torch.randn(4, 3, 6, 8, generator=generator)
     mask = token_masks()
     expected = torch.stack([hidden_mse_loss(s, t, mask) for s, t in zip(student, teacher, strict=True)]).mean()
-    torch.testing.assert_close(hidden_mse_loss(student, teacher, mask), expected, rtol=1e-6, atol=1e-7)
+    # Sums of ~600 fp32 terms in another order: typically sqrt(n)·eps ≈ 1.5e-6 relative (n·eps ≈ 3.6e-5 at worst).
+    torch.testing.assert_close(hidden_mse_loss(student, teacher, mask), expected, rtol=1e-5, atol=1e-7)
     by_selection = (student[:, mask] - teacher[:, mask]).pow(2).mean()
-    torch.testing.assert_close(hidden_mse_loss(student, teacher, mask), by_selection, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(hidden_mse_loss(student, teacher, mask), by_selection, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -201,7 +202,7 @@ def test_attention_mse_is_the_same_whatever_the_chunking(monkeypatch, chunk):
         with pytest.raises(RuntimeError, match="backpropagated twice"):
             loss.backward()
     for chunked, whole in zip(*values, strict=True):
-        torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
 
 
 def test_hidden_mse_over_a_list_of_layers_equals_the_stacked_form_and_skips_padding_gradients():
@@ -212,7 +213,7 @@ def test_hidden_mse_over_a_list_of_layers_equals_the_stacked_form_and_skips_padd
     listed = hidden_mse_loss(list(student.unbind(0)), list(teacher.unbind(0)), mask)
     listed.backward()
     expected = (student.detach()[:, mask] - teacher[:, mask]).pow(2).mean()
-    torch.testing.assert_close(listed, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(listed, expected, rtol=1e-5, atol=1e-7)
     assert not student.grad[:, ~mask].any() and student.grad[:, mask].abs().sum() > 0
     with pytest.raises(ValueError, match="3 student layers against 2 teacher layers"):
         hidden_mse_loss(list(student.unbind(0)), list(teacher.unbind(0))[:2], mask)

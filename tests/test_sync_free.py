@@ -124,6 +124,9 @@ def test_all_ignored_labels_give_zero_hard_loss_and_finite_gradients_without_hos
     assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)
 
 
+ALL_CUDA_LOSSES = dict(hidden_weight=1.0, attention_weight=1.0, relation_weight=1.0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's sync debug mode checks CUDA streams")
 def test_cuda_loss_path_raises_no_sync_error(tmp_path, teacher, student, classification_dataset):
     trainer = DistillationTrainer(
@@ -141,6 +144,3 @@ def test_cuda_loss_path_raises_no_sync_error(tmp_path, teacher, student, classif
         sum(trainer.loss_weights[name] * value * scales[name] for name, value in losses.items()).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-
-
-ALL_CUDA_LOSSES = dict(hidden_weight=1.0, attention_weight=1.0, relation_weight=1.0)
