@@ -36,39 +36,92 @@ def teacher_translations(
     batch_size: int = 64,
     max_length_ratio: float | None = 2.0,
     show_progress: bool = True,
+    **generation,
 ) -> datasets.Dataset:
-    """`dataset` (tokenized: input_ids, attention_mask, labels) with `labels` replaced by the teacher's beam-search
-    translations of `input_ids` (ending with its eos), generated once and then loaded from
+    """`dataset` (tokenized: input_ids, attention_mask, labels) with `labels` replaced by the teacher's best
+    beam-search translation of each source: the first of `teacher_hypotheses` (its arguments)."""
+    hypotheses = teacher_hypotheses(
+        teacher,
+        dataset,
+        cache_dir,
+        pad_token_id,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_length_ratio=max_length_ratio,
+        show_progress=show_progress,
+        **generation,
+    )
+    return dataset.remove_columns("labels").add_column("labels", [best for best, *_ in hypotheses])
+
+
+def teacher_hypotheses(
+    teacher: PreTrainedModel,
+    dataset: datasets.Dataset,
+    cache_dir: str,
+    pad_token_id: int,
+    num_beams: int = 4,
+    max_new_tokens: int = 128,
+    batch_size: int = 64,
+    max_length_ratio: float | None = 2.0,
+    num_return_sequences: int = 1,
+    show_progress: bool = True,
+    **generation,
+) -> list[list[list[int]]]:
+    """The teacher's `num_return_sequences` best beam-search translations of each source of `dataset` (tokenized:
+    input_ids), best first, as labels (ending with its eos when it finished): generated once, then loaded from
     `cache_dir/<fingerprint>`.
 
-    Sources are batched by length; with `max_length_ratio`, a batch generates at most that many tokens per source
-    token of its longest source (+ 10, and never more than `max_new_tokens`), so that a translation stuck in a loop
-    cannot hold its whole batch for `max_new_tokens` steps. The parts generated so far are kept in
-    `cache_dir/<fingerprint>.parts` until the whole cache is written, and a later call reuses them. With
-    `show_progress`, the source tokens translated and the time left are logged as they go (`nlpkd.progress`)."""
+    `generation` holds further `generate` settings that shape the translations, such as `no_repeat_ngram_size` or
+    `repetition_penalty`; with the beams, lengths and hypotheses they are part of the cache key, so a change
+    translates again. Sources are batched by length; with `max_length_ratio`, a batch generates at most that many
+    tokens per source token of its longest source (+ 10, and never more than `max_new_tokens`), so that a
+    translation stuck in a loop cannot hold its whole batch for `max_new_tokens` steps. The parts generated so far
+    are kept in `cache_dir/<fingerprint>.parts` until the whole cache is written, and a later call reuses them.
+    With `show_progress`, the source tokens translated and the time left are logged as they go
+    (`nlpkd.progress`)."""
+    if not 1 <= num_return_sequences <= num_beams:
+        raise ValueError(
+            f"num_return_sequences={num_return_sequences}: the beam search returns between 1 and num_beams "
+            f"({num_beams}) hypotheses per source; raise num_beams or lower num_return_sequences."
+        )
     settings = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
     if max_length_ratio is not None:
         settings["max_length_ratio"] = max_length_ratio
+    # Only the settings given enter the key, so that the caches made before they existed stay valid.
+    settings.update({name: value for name, value in generation.items() if value is not None})
+    if num_return_sequences > 1:
+        settings["num_return_sequences"] = num_return_sequences
     key = fingerprint(teacher_digest(teacher), dataset["input_ids"], settings)
     path = os.path.join(cache_dir, key)
     if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
         logger.info("Loading the teacher's translations from %s", path)
         cached = datasets.load_from_disk(path)
-        if len(cached) != len(dataset):
+        if len(cached) != len(dataset) * num_return_sequences:
             raise ValueError(
-                f"The cached teacher translations in {path} hold {len(cached)} rows for {len(dataset)} sources: the "
-                "cache is corrupt. Delete that folder to generate them again."
+                f"The cached teacher translations in {path} hold {len(cached)} rows for {len(dataset)} sources with "
+                f"{num_return_sequences} hypotheses each: the cache is corrupt. Delete that folder to generate them "
+                "again."
             )
-        return dataset.remove_columns("labels").add_column("labels", cached["labels"])
+        return _per_source(cached["labels"], num_return_sequences)
     logger.info(
-        "Translating %d training sources with the teacher (beam %d), once; cached in %s", len(dataset), num_beams, path
+        "Translating %d training sources with the teacher (beam %d, %s), once; cached in %s",
+        len(dataset),
+        num_beams,
+        settings,
+        path,
     )
     parts_dir = path + ".parts"
     labels = _generate(teacher, dataset["input_ids"], settings, batch_size, parts_dir, show_progress)
     datasets.Dataset.from_dict({"labels": labels}).save_to_disk(path)
     open(os.path.join(path, COMPLETE_MARKER), "w").close()
     shutil.rmtree(parts_dir, ignore_errors=True)
-    return dataset.remove_columns("labels").add_column("labels", labels)
+    return _per_source(labels, num_return_sequences)
+
+
+def _per_source(labels: list[list[int]], count: int) -> list[list[list[int]]]:
+    """Rows kept `count` consecutive per source (best first) -> one list of `count` rows per source."""
+    return [labels[start : start + count] for start in range(0, len(labels), count)]
 
 
 def _generate(
@@ -79,9 +132,11 @@ def _generate(
     parts_dir: str,
     show_progress: bool,
 ) -> list[list[int]]:
-    """The labels of every source, generated part by part in length order (so each batch is the one that a single
-    `generate_by_length` over all sources would make); a part already in `parts_dir` for the same sources is loaded."""
+    """The labels of every source (`num_return_sequences` consecutive rows each), generated part by part in length
+    order (so each batch is the one that a single `generate_by_length` over all sources would make); a part already
+    in `parts_dir` for the same sources is loaded."""
     os.makedirs(parts_dir, exist_ok=True)
+    count = settings.get("num_return_sequences", 1)
     order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
     part_size = batch_size * BATCHES_PER_PART
     parts = []  # (path, source indices, labels when saved by an earlier run)
@@ -98,7 +153,10 @@ def _generate(
         "teacher translations", sum(len(sources[index]) for index in todo), "source tokens", show_progress
     )
     eos = teacher.generation_config.eos_token_id
-    labels: list[list[int] | None] = [None] * len(sources)
+    generate_kwargs = {
+        name: value for name, value in settings.items() if name not in ("pad_token_id", "max_length_ratio")
+    }
+    labels: list[list[int] | None] = [None] * (len(sources) * count)
     for part_path, indices, part in parts:
         if part is None:
             rows = generate_by_length(
@@ -108,13 +166,12 @@ def _generate(
                 batch_size,
                 settings.get("max_length_ratio"),
                 progress=progress,
-                num_beams=settings["num_beams"],
-                max_new_tokens=settings["max_new_tokens"],
+                **generate_kwargs,
             )
             part = [_as_labels(row[1:], eos, settings["pad_token_id"]) for row in rows]
             _save_part(part_path, indices, part)
-        for index, row in zip(indices, part, strict=True):
-            labels[index] = row
+        for position, index in enumerate(indices):
+            labels[index * count : (index + 1) * count] = part[position * count : (position + 1) * count]
     return labels
 
 
@@ -144,7 +201,8 @@ def generate_by_length(
     **generate_kwargs,
 ) -> list[list[int]]:
     """`model.generate(**generate_kwargs)` over token-id `sources`, returned in their order (decoder start token
-    included, padded rows as generate returns them).
+    included, padded rows as generate returns them; with `num_return_sequences` k, k consecutive rows per source,
+    best first).
 
     Sources of similar length batch together (far less padding through beam search); with `max_length_ratio`, a
     batch's `max_new_tokens` is capped by `length_limit` of its longest source. Each batch's source tokens are
@@ -152,7 +210,8 @@ def generate_by_length(
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda index: len(sources[index]))
-    generated_rows: list[list[int] | None] = [None] * len(sources)
+    count = generate_kwargs.get("num_return_sequences", 1)
+    generated_rows: list[list[int] | None] = [None] * (len(sources) * count)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         width = max(len(sources[index]) for index in indices)
@@ -168,7 +227,7 @@ def generate_by_length(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **limits
             )
         for row, index in enumerate(indices):
-            generated_rows[index] = generated[row].tolist()
+            generated_rows[index * count : (index + 1) * count] = generated[row * count : (row + 1) * count].tolist()
         if progress is not None:
             progress.update(sum(len(sources[index]) for index in indices))
     return generated_rows

@@ -13,6 +13,7 @@ from .progress import Progress
 
 # (results key, column header, scale, decimals)
 COLUMNS = (
+    ("decoding", "decoding", None, None),  # text: how a translation model generated (greedy, beam 4)
     ("perplexity", "perplexity", 1, 2),
     ("accuracy", "accuracy %", 100, 1),
     ("f1", "f1 %", 100, 1),
@@ -24,6 +25,7 @@ COLUMNS = (
     ("throughput_b32", "throughput b32 /s", 1, 1),
 )
 QUALITY_KEYS = ("perplexity", "accuracy", "f1", "bleu", "chrf")
+OPTIONAL_KEYS = ("decoding", *QUALITY_KEYS)  # columns shown only when some model has them
 RETAINED_KEYS = ("accuracy", "bleu")  # higher-is-better scores whose teacher share is worth a line
 # speed-up key -> (the timing it is a ratio of, whether a smaller timing is the faster one)
 SPEEDUPS = {"speedup_b1": ("latency_ms_b1", True), "speedup_b32": ("throughput_b32", False)}
@@ -370,8 +372,9 @@ def _models(results: dict) -> dict[str, dict]:
 
 
 def _columns(models: dict[str, dict]) -> list[tuple]:
-    # Quality columns appear when some model has them (accuracy for classifiers, perplexity for LMs).
-    return [c for c in COLUMNS if c[0] not in QUALITY_KEYS or any(c[0] in entry for entry in models.values())]
+    # Quality columns appear when some model has them (accuracy for classifiers, perplexity for LMs), and so does
+    # the decoding of translation models.
+    return [c for c in COLUMNS if c[0] not in OPTIONAL_KEYS or any(c[0] in entry for entry in models.values())]
 
 
 def _retained_key(teacher: dict) -> str:
@@ -401,6 +404,8 @@ def _format_cell(entry: dict, key: str, scale: float, decimals: int) -> str:
     value = entry.get(key)
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     cell = f"{value * scale:.{decimals}f}"
     if entry.get(f"{key}_ci") is not None:
         cell += f" ± {entry[f'{key}_ci'] * scale:.{decimals}f}"

@@ -116,7 +116,7 @@ def recipe_progress(caplog) -> tuple[list[str], list[list[str]]]:
     return speed, [line.split(": ")[:2] for line in lines if not line.startswith("speed of")]
 
 
-def speed_rounds_done(line: str) -> bool:
-    """Whether `line` is the last progress line of the recipes' speed rounds, teacher and student timed in turns."""
+def speed_rounds_done(line: str, models: str = "teacher, student") -> bool:
+    """Whether `line` is the last progress line of the recipes' speed rounds, `models` timed in turns."""
     rounds = f"{report.SPEED_ROUNDS}/{report.SPEED_ROUNDS} rounds"
-    return line.startswith(f"speed of teacher, student in turns: {rounds} (100%), done in ")
+    return line.startswith(f"speed of {models} in turns: {rounds} (100%), done in ")

@@ -161,6 +161,25 @@ def test_format_results_table():
     assert lines[3].index("14.35") == lines[0].index("params M")
 
 
+def test_translation_tables_show_each_models_decoding():
+    results = {
+        "teacher": {"bleu": 20.0, "bleu_ci": 0.9, "decoding": "beam 4", "latency_ms_b1": 300.0},
+        "student": {"bleu": 18.0, "bleu_ci": 0.8, "decoding": "greedy", "latency_ms_b1": 75.0, "speedup_b1": 4.0},
+        "student_beam4": {"bleu": 18.5, "decoding": "beam 4", "latency_ms_b1": 150.0, "speedup_b1": 2.0},
+        "speedup_decoding": "student greedy against teacher beam 4, batch 1",
+    }
+    lines = report.format_results_table(results).splitlines()
+    assert lines[0].split()[:3] == ["model", "decoding", "BLEU"]
+    assert lines[1].split()[:5] == ["teacher", "beam", "4", "20.0", "±"]
+    assert lines[2].split()[:3] == ["student", "greedy", "18.0"]
+    assert lines[-1] == "speed-up over teacher at batch 1: student 4.0×, student_beam4 2.0×"
+    markdown = report.markdown_results_table(results).splitlines()
+    assert markdown[0].startswith("| model | decoding | BLEU |")
+    assert markdown[3].startswith("| student | greedy | 18.0 ± 0.8 |")
+    # A table of models without a decoding (classifiers, language models) has no such column.
+    assert "decoding" not in report.format_results_table({"student": {"accuracy": 0.5}})
+
+
 def test_format_results_table_without_a_teacher_has_no_ratio_lines():
     lines = report.format_results_table({"student": {"accuracy": 0.5}}).splitlines()
     assert len(lines) == 2 and lines[1].split()[:2] == ["student", "50.0"]

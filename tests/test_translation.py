@@ -424,6 +424,47 @@ def test_teacher_translations_are_cached_and_keyed_by_teacher_and_settings(maria
     assert len(cached_folders(cache_dir)) == 4
 
 
+def test_teacher_hypotheses_return_the_beams_best_first_cached_with_their_generation_settings(
+    marian, tmp_path, monkeypatch
+):
+    data = toy_tokenized()
+    cache_dir = tmp_path / "cache"
+    calls = count_generate_calls(monkeypatch, marian)
+    settings = dict(num_beams=3, max_new_tokens=12, batch_size=5)
+    hypotheses = pseudo_targets.teacher_hypotheses(
+        marian, data, str(cache_dir), PAD, num_return_sequences=3, no_repeat_ngram_size=2, **settings
+    )
+    assert all(call["num_return_sequences"] == 3 and call["no_repeat_ngram_size"] == 2 for call in calls)
+    assert len(hypotheses) == len(data) and all(len(candidates) == 3 for candidates in hypotheses)
+    for source, candidates in zip(data["input_ids"], hypotheses, strict=True):
+        with torch.no_grad():
+            generated = marian.generate(
+                input_ids=torch.tensor([source]), num_beams=3, num_return_sequences=3, max_new_tokens=12,
+                no_repeat_ngram_size=2,
+            )  # fmt: skip
+        assert candidates == [_as_labels(row[1:], EOS, PAD) for row in generated.tolist()]  # the beam's order
+        for labels in candidates:  # no bigram twice
+            assert len(set(zip(labels, labels[1:], strict=False))) == len(labels) - 1
+    # The best hypotheses are what teacher_translations trains on; they come from the same beams, so
+    # the settings without num_return_sequences make their own cache (another key) with the same top rows.
+    best = teacher_translations(marian, data, str(cache_dir), PAD, no_repeat_ngram_size=2, **settings)
+    assert best["labels"] == [candidates[0] for candidates in hypotheses]
+    assert len(cached_folders(cache_dir)) == 2
+    # Loaded back from the cache, not generated again; another no_repeat_ngram_size is another cache.
+    monkeypatch.undo()
+    calls = count_generate_calls(monkeypatch, marian)
+    again = pseudo_targets.teacher_hypotheses(
+        marian, data, str(cache_dir), PAD, num_return_sequences=3, no_repeat_ngram_size=2, **settings
+    )
+    assert again == hypotheses and calls == []
+    pseudo_targets.teacher_hypotheses(
+        marian, data, str(cache_dir), PAD, num_return_sequences=3, no_repeat_ngram_size=3, **settings
+    )
+    assert calls and len(cached_folders(cache_dir)) == 3
+    with pytest.raises(ValueError, match=r"num_return_sequences=4: the beam search returns between 1 and num_beams"):
+        pseudo_targets.teacher_hypotheses(marian, data, str(cache_dir), PAD, num_return_sequences=4, **settings)
+
+
 def test_a_cache_with_the_wrong_number_of_rows_is_reported_as_corrupt(marian, tmp_path):
     data = toy_tokenized()
     cache_dir = tmp_path / "cache"
@@ -432,8 +473,8 @@ def test_a_cache_with_the_wrong_number_of_rows_is_reported_as_corrupt(marian, tm
     shutil.rmtree(folder)
     datasets.Dataset.from_dict({"labels": [[5, 1]] * 3}).save_to_disk(str(folder))
     (folder / pseudo_targets.COMPLETE_MARKER).touch()
-    message = rf"The cached teacher translations in {re.escape(str(folder))} hold 3 rows for 12 sources: the cache "
-    with pytest.raises(ValueError, match=message + r"is corrupt\. Delete that folder to generate them again\."):
+    message = rf"The cached teacher translations in {re.escape(str(folder))} hold 3 rows for 12 sources with 1 "
+    with pytest.raises(ValueError, match=message + r"hypotheses each: the cache is corrupt\. Delete that folder"):
         teacher_translations(marian, data, str(cache_dir), PAD, num_beams=1, max_new_tokens=12)
 
 
@@ -672,7 +713,12 @@ def read_results(output_dir: Path, returned: dict) -> dict:
 
 
 def check_results(saved: dict) -> None:
-    for name in ("teacher", "student", "baseline"):
+    # The teacher decodes with beam 2 (--generation_num_beams), the student and the baseline greedily
+    # (student_num_beams 1), and the student is scored and timed with beam 2 as well.
+    decodings = {"teacher": "beam 2", "student": "greedy", "baseline": "greedy", "student_beam2": "beam 2"}
+    assert {name: saved[name]["decoding"] for name in decodings} == decodings
+    assert saved["speedup_decoding"] == "student greedy against teacher beam 2, batch 1"
+    for name in decodings:
         assert set(MODEL_KEYS) <= set(saved[name]), name
         assert all(math.isfinite(saved[name][key]) and saved[name][key] >= 0 for key in MODEL_KEYS), name
         assert all(saved[name][key] > 0 for key in ("params", "size_mb", "latency_ms_b1")), name
@@ -682,7 +728,20 @@ def check_results(saved: dict) -> None:
     # The models were timed in turns: the speed-up is the median of the per-round ratios, not the ratio of the
     # median latencies (which a load present in some rounds moves).
     assert len(saved["speed_rounds"]) == report.SPEED_ROUNDS
-    assert all(set(round_) == {"teacher", "student", "baseline"} for round_ in saved["speed_rounds"])
+    assert all(set(round_) == set(decodings) for round_ in saved["speed_rounds"])
+    # The teacher's two hypotheses per source were checked and one of them kept for each source that had a clean one.
+    targets = saved["sequence_level_targets"]
+    assert (targets["sources"], targets["hypotheses"], targets["references_instead"]) == (48, 96, 0)
+    assert targets["targets"] + targets["sources_without_clean_target"] == 48
+    assert sum(targets["all_hypotheses_problems"].values()) <= 96
+    assert targets["selection"] == "closest" and targets["per_source"] == 1
+    assert set(saved["wall_seconds"]) == {
+        "sequence_level_data",
+        "student_training",
+        "baseline_training",
+        *(f"test_translations_{name}" for name in decodings),
+    }
+    assert all(seconds > 0 for seconds in saved["wall_seconds"].values())
     recomputed = report.median_speed(saved["speed_rounds"])["student"]["speedup_b1"]
     assert saved["speedup"] == saved["student"]["speedup_b1"] == pytest.approx(recomputed, rel=1e-12)
     if saved["teacher"]["bleu"] > 0:
@@ -706,6 +765,7 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
 
     output_dir = tmp_path / "out"
     student = MarianMTModel.from_pretrained(output_dir)
+    assert student.generation_config.num_beams == 1  # the decoding it was measured with
     config = student.config
     assert (config.encoder_layers, config.decoder_layers, config.d_model) == (1, 1, 32)
     assert isinstance(MarianMTModel.from_pretrained(output_dir / "baseline"), MarianMTModel)
@@ -727,10 +787,11 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
     again_flags = [*flags, "--no_baseline", "true", "--seed", "7"]  # the default shows progress
     again = read_results(tmp_path / "out", recipe.main(again_flags))
     speed, stages = recipe_progress(caplog)
-    assert speed_rounds_done(speed[-1])
+    assert speed_rounds_done(speed[-1], "teacher, student, student_beam2")
     assert stages == [  # none in the first run
         ["teacher", "translating the test sources"],
         ["student", "translating the test sources"],
+        ["student_beam2", "translating the test sources"],
     ]
     assert cached_folders(tmp_path / "pseudo_targets") == [folder]
     assert (folder / pseudo_targets.COMPLETE_MARKER).stat().st_mtime_ns == stamp
@@ -854,5 +915,34 @@ def test_recipe_refuses_a_length_above_the_teachers_positions_before_training(
     flags = recipe_flags(bert_dir, pairs_tsv, tmp_path, f"--{length_field}", "65")  # the new decoder copies 64 too
     with pytest.raises(ValueError, match=rf"{length_field}=65 exceeds the teacher's max_position_embeddings=64"):
         recipe.main(flags)
+    for folder in ("teachers", "tokenizers", "pseudo_targets", "out"):
+        assert not (tmp_path / folder).exists(), folder
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--pseudo_target_hypotheses", "3"],  # the beam (--generation_num_beams 2) keeps 2
+            r"pseudo_target_hypotheses=3 is more than the generation_num_beams=2 the teacher's beam search keeps",
+        ),
+        (
+            ["--pseudo_target_hypotheses", "1", "--pseudo_targets_per_source", "2"],
+            r"pseudo_targets_per_source=2 is more than the 1 hypotheses per source they are chosen from",
+        ),
+        (
+            ["--pseudo_target_selection", "best"],
+            r"pseudo_target_selection.*invalid choice: 'best' \(choose from 'top', 'closest'\)",
+        ),
+        (["--student_num_beams", "0"], r"student_num_beams=0: it must be at least 1"),
+    ],
+)
+def test_recipe_refuses_bad_sequence_level_settings_before_training(
+    bert_dir, pairs_tsv, tmp_path, extra, message, capsys
+):
+    flags = recipe_flags(bert_dir, pairs_tsv, tmp_path, *extra)
+    with pytest.raises((ValueError, SystemExit)) as raised:
+        recipe.main(flags)
+    assert re.search(message, str(raised.value) + capsys.readouterr().err)
     for folder in ("teachers", "tokenizers", "pseudo_targets", "out"):
         assert not (tmp_path / folder).exists(), folder

@@ -4,6 +4,7 @@ defaults, its sentence pairs, and its stages from the teacher to results.json an
 import copy
 import logging
 import os
+import time
 from dataclasses import dataclass, field, replace
 
 import datasets
@@ -20,10 +21,12 @@ from nlpkd.pipeline import (
     distillation_settings,
     publish_student,
     report_results,
+    train_runtime,
 )
-from nlpkd.pseudo_targets import teacher_translations
+from nlpkd.pseudo_targets import teacher_hypotheses
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import count_parameters, generation_timer, measure_speed, median_length_text, model_size_mb
+from nlpkd.target_checks import SELECTIONS, TargetChecks, select_targets
 from nlpkd.teacher_stage import finetune_teacher_once, trained_teacher
 from nlpkd.translation import (
     Seq2SeqCollator,
@@ -68,7 +71,9 @@ DEFAULTS = dict(
     logit_weight=0.5,
     hidden_weight=0.0,
     attention_weight=0.0,
-    num_train_epochs=1,
+    # Two epochs over the references and the teacher's checked translations (one left the student short of the
+    # teacher, as one-epoch students were in the classification measurements).
+    num_train_epochs=2,
     learning_rate=2e-4,
     warmup_steps=0.05,
     weight_decay=0.01,
@@ -157,17 +162,76 @@ class TranslationDataArguments:
     pseudo_target_cache_dir: str = field(
         default="outputs/pseudo_targets", metadata={"help": "Where the teacher's translations are kept for reuse."}
     )
+    pseudo_target_no_repeat_ngram_size: int = field(
+        default=4,
+        metadata={
+            "help": "The teacher's beam search never repeats an n-gram of this many target tokens (0: off), which "
+            "stops the loops a small teacher falls into. Part of the translations' cache key."
+        },
+    )
+    pseudo_target_repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "generate's repetition_penalty for the teacher's translations (1.0: off); cache key."},
+    )
+    pseudo_target_max_length_ratio: float = field(
+        default=2.0,
+        metadata={
+            "help": "A batch of teacher translations stops after this many target tokens per source token of its "
+            "longest source, + 10. In the cache key."
+        },
+    )
+    pseudo_target_hypotheses: int | None = field(
+        default=None,
+        metadata={
+            "help": "Hypotheses the teacher's beam search returns per source, the candidates the targets are chosen "
+            "from (default: all generation_num_beams of them). In the cache key."
+        },
+    )
+    pseudo_targets_per_source: int = field(
+        default=1, metadata={"help": "Training targets kept per source from its clean hypotheses (n-best)."}
+    )
+    pseudo_target_selection: str = field(
+        default="closest",
+        metadata={
+            "help": "Which clean hypotheses become targets: 'top' (the teacher's best) or 'closest' (those nearest "
+            "the reference by n-gram overlap: Kim & Rush's sequence-level interpolation).",
+            "choices": list(SELECTIONS),
+        },
+    )
+    pseudo_target_checks: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop teacher translations that did not finish, repeat an n-gram more often than 99 % of the "
+            "references do, or have a length ratio outside the references' middle 99 % (nlpkd.target_checks)."
+        },
+    )
+    student_num_beams: int = field(
+        default=1,
+        metadata={
+            "help": "Beams the student and the baseline decode with in results.json and the speed-up (1: greedy; "
+            "a sequence-level KD student loses little without beam search). The teacher decodes with "
+            "generation_num_beams, and the student is also scored with it."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Distil on at most this many pairs."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Score at most this many test pairs."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the BLEU/chrF intervals."})
 
     def __post_init__(self):
         check_sample_limits(self)
+        if self.pseudo_target_selection not in SELECTIONS:
+            raise ValueError(
+                f"pseudo_target_selection={self.pseudo_target_selection!r}: choose one of {', '.join(SELECTIONS)}."
+            )
+        for name in ("pseudo_target_hypotheses", "pseudo_targets_per_source", "student_num_beams"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: it must be at least 1.")
 
 
 def main(argv: list[str] | None = None) -> dict:
     types = (TranslationDataArguments, TeacherArguments, StudentArguments, Seq2SeqDistillationArguments)
     data_args, teacher_args, student_args, args = parse_recipe_args(types, DEFAULTS, argv)
+    check_pseudo_target_settings(data_args, args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     for length_field in ("max_source_length", "max_target_length"):  # the encoders read one, the decoders the other
@@ -191,21 +255,18 @@ def main(argv: list[str] | None = None) -> dict:
     if data_args.max_eval_samples is not None:
         test = test.select(range(min(data_args.max_eval_samples, len(test))))
 
-    # Stage 2: sequence-level KD data, the teacher's translations of the training sources (generated once).
-    student_train = references
+    # Stage 2: sequence-level KD data, the teacher's translations of the training sources (generated once), checked.
+    student_train, wall_seconds, target_report = references, {}, None
     if data_args.sequence_level_kd:
+        started = time.perf_counter()
         # The main process translates and caches; the others wait (raise --ddp_timeout for a long translation) and
         # load its cache, so that every process trains on the same targets.
         with args.main_process_first(desc="translating the training sources with the teacher"):
-            translated = teacher_translations(
-                teacher,
-                references,
-                data_args.pseudo_target_cache_dir,
-                target_tokenizer.pad_token_id,
-                num_beams=args.generation_num_beams or 1,
-                max_new_tokens=data_args.max_target_length,
-                show_progress=show_progress,
+            translated, target_report = sequence_level_targets(
+                teacher, references, data_args, args, target_tokenizer.pad_token_id, show_progress
             )
+        wall_seconds["sequence_level_data"] = time.perf_counter() - started
+        logger.info("Sequence-level targets: %s", target_report)
         student_train = (
             datasets.concatenate_datasets([references, translated]) if data_args.mix_references else translated
         )
@@ -213,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Stage 3: distil the student; then the baseline, the same student trained on the references alone.
     set_seed(args.seed)
     student = build_student(teacher, student_args, type(teacher))
+    student.generation_config.num_beams = data_args.student_num_beams  # the decoding it is measured with, saved
     baseline = None if student_args.no_baseline else copy.deepcopy(student)
     collator = Seq2SeqCollator(
         source_tokenizer, teacher.generation_config.decoder_start_token_id, target_tokenizer.pad_token_id
@@ -237,19 +299,22 @@ def main(argv: list[str] | None = None) -> dict:
     if not trainer.is_world_process_zero():
         return {}
 
-    # Stage 4: BLEU and chrF on the held-out pairs, size and latency for each model.
-    generate_kwargs = dict(num_beams=args.generation_num_beams or 1, max_new_tokens=data_args.max_target_length)
+    # Stage 4: BLEU and chrF on the held-out pairs, size and latency for each model and decoding.
     sources = [data_args.source_prefix + text for text in test["source"]]
     typical = median_length_text(sources)
-    models = {"teacher": teacher, "student": trainer.student, "baseline": baseline}
-    models = {name: model for name, model in models.items() if model is not None}
+    teacher_beams = args.generation_num_beams or 1
+    decodings = evaluated_decodings(
+        teacher, trainer.student, baseline, teacher_beams, data_args.student_num_beams, data_args.max_target_length
+    )
     # The models are timed in turns, and the speed-up is the median of the per-round ratios.
     timers = {
-        name: generation_timer(model, source_tokenizer, typical, **generate_kwargs) for name, model in models.items()
+        name: generation_timer(model, source_tokenizer, typical, **kwargs)
+        for name, (model, kwargs) in decodings.items()
     }
     speed, speed_rounds = measure_speed(timers, show_progress=not args.disable_tqdm)
     results = {}
-    for name, model in models.items():
+    for name, (model, kwargs) in decodings.items():
+        started = time.perf_counter()
         translations = translate(
             model,
             source_tokenizer,
@@ -258,10 +323,12 @@ def main(argv: list[str] | None = None) -> dict:
             max_length_ratio=2.0,
             show_progress=show_progress,
             description=f"{name}: translating the test sources",
-            **generate_kwargs,
+            **kwargs,
         )
+        wall_seconds[f"test_translations_{name}"] = time.perf_counter() - started
         results[name] = {
             **score_translations(translations, test["target"], data_args.n_bootstrap),
+            "decoding": decoding_name(kwargs["num_beams"]),
             "params": count_parameters(model),
             "size_mb": model_size_mb(model),
             **speed[name],
@@ -272,6 +339,16 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_bleu = results["teacher"]["bleu"]
     results["retention"] = results["student"]["bleu"] / teacher_bleu if teacher_bleu > 0 else None
     results["speedup"] = results["student"]["speedup_b1"]
+    results["speedup_decoding"] = (
+        f"student {results['student']['decoding']} against teacher {results['teacher']['decoding']}, batch 1"
+    )
+    if target_report is not None:
+        results["sequence_level_targets"] = target_report
+    results["wall_seconds"] = {
+        **wall_seconds,
+        "student_training": train_runtime(trainer),
+        "baseline_training": getattr(trainer, "baseline_train_runtime", None),
+    }
     results["speed_rounds"] = speed_rounds
     results["num_test_pairs"] = len(test)
     results["sequence_level_kd"] = data_args.sequence_level_kd
@@ -293,10 +370,89 @@ def main(argv: list[str] | None = None) -> dict:
         tasks="translation",
         language=[data_args.source_lang, data_args.target_lang],
         eval_split="test",
-        setup={"training targets": kd},
+        setup={
+            "training targets": kd,
+            "decoding": f"{results['speedup_decoding']}: the speed-up and the student's scores; "
+            f"`generate(num_beams={data_args.student_num_beams})` is the student's default",
+        },
         **dataset_card(data_args.dataset_name, data_args.dataset_config_name, data_args.train_file, EMBEDDED_DATA),
     )
     return results
+
+
+def check_pseudo_target_settings(data_args, args) -> None:
+    """The sequence-level settings that depend on the training arguments, resolved (pseudo_target_hypotheses None
+    -> generation_num_beams) and checked before anything is trained."""
+    beams = args.generation_num_beams or 1
+    if data_args.pseudo_target_hypotheses is None:
+        data_args.pseudo_target_hypotheses = beams
+    if data_args.pseudo_target_hypotheses > beams:
+        raise ValueError(
+            f"pseudo_target_hypotheses={data_args.pseudo_target_hypotheses} is more than the generation_num_beams="
+            f"{beams} the teacher's beam search keeps: raise --generation_num_beams or lower "
+            "--pseudo_target_hypotheses."
+        )
+    if data_args.pseudo_targets_per_source > data_args.pseudo_target_hypotheses:
+        raise ValueError(
+            f"pseudo_targets_per_source={data_args.pseudo_targets_per_source} is more than the "
+            f"{data_args.pseudo_target_hypotheses} hypotheses per source they are chosen from "
+            "(pseudo_target_hypotheses): raise it (and --generation_num_beams) or lower pseudo_targets_per_source."
+        )
+
+
+def sequence_level_targets(teacher, references, data_args, args, pad_token_id: int, show_progress: bool):
+    """The teacher's translations of the training sources (`nlpkd.pseudo_targets`, cached) and the targets chosen
+    from them (`nlpkd.target_checks`): (rows to train on, the report of what was kept and dropped)."""
+    hypotheses = teacher_hypotheses(
+        teacher,
+        references,
+        data_args.pseudo_target_cache_dir,
+        pad_token_id,
+        num_beams=args.generation_num_beams or 1,
+        max_new_tokens=data_args.max_target_length,
+        max_length_ratio=data_args.pseudo_target_max_length_ratio,
+        num_return_sequences=data_args.pseudo_target_hypotheses,
+        show_progress=show_progress,
+        no_repeat_ngram_size=data_args.pseudo_target_no_repeat_ngram_size or None,
+        repetition_penalty=None
+        if data_args.pseudo_target_repetition_penalty == 1.0
+        else data_args.pseudo_target_repetition_penalty,
+    )
+    checks = None
+    if data_args.pseudo_target_checks:
+        eos = teacher.generation_config.eos_token_id
+        checks = TargetChecks.from_references(references["input_ids"], references["labels"], eos)
+    return select_targets(
+        references,
+        hypotheses,
+        checks,
+        per_source=data_args.pseudo_targets_per_source,
+        selection=data_args.pseudo_target_selection,
+        fallback_to_reference=not data_args.mix_references,
+    )
+
+
+def evaluated_decodings(teacher, student, baseline, teacher_beams: int, student_beams: int, max_new_tokens: int):
+    """name -> (model, generate kwargs) of every measured model and decoding: the teacher with `teacher_beams`, the
+    student and the baseline with `student_beams`, and the student with the other of greedy / `teacher_beams` too
+    (as "student_<decoding>"), so that results.json shows what its decoding costs and gains."""
+    decodings = {
+        "teacher": (teacher, teacher_beams),
+        "student": (student, student_beams),
+        "baseline": (baseline, student_beams),
+    }
+    other = teacher_beams if student_beams == 1 else 1
+    if other != student_beams:
+        decodings[f"student_{decoding_name(other).replace(' ', '')}"] = (student, other)
+    return {
+        name: (model, dict(num_beams=beams, max_new_tokens=max_new_tokens))
+        for name, (model, beams) in decodings.items()
+        if model is not None
+    }
+
+
+def decoding_name(num_beams: int) -> str:
+    return "greedy" if num_beams == 1 else f"beam {num_beams}"
 
 
 def prepare_teacher(data_args, teacher_args, args, pairs):
