@@ -766,6 +766,11 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
     output_dir = tmp_path / "out"
     student = MarianMTModel.from_pretrained(output_dir)
     assert student.generation_config.num_beams == 1  # the decoding it was measured with
+    card = (output_dir / "README.md").read_text()
+    assert "- decoding: student greedy against teacher beam 2, batch 1: the speed-up and the student's scores" in card
+    assert "| model | decoding | BLEU |" in card
+    without = saved["sequence_level_targets"]["sources_without_clean_target"]
+    assert f"checked against bounds read off the references ({without} sources had no clean hypothesis)" in card
     config = student.config
     assert (config.encoder_layers, config.decoder_layers, config.d_model) == (1, 1, 32)
     assert isinstance(MarianMTModel.from_pretrained(output_dir / "baseline"), MarianMTModel)

@@ -354,11 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["sequence_level_kd"] = data_args.sequence_level_kd
     results["distillation"] = distillation_settings(args, trainer.layer_map)
     report_results(results, args.output_dir)
-    kd = (
-        "sequence-level (the teacher's beam-search translations)" if data_args.sequence_level_kd else "word-level only"
-    )
-    if data_args.sequence_level_kd and data_args.mix_references:
-        kd += ", mixed with the references"
+    kd = training_targets(data_args, target_report)
     publish_student(
         trainer,
         results,
@@ -430,6 +426,28 @@ def sequence_level_targets(teacher, references, data_args, args, pad_token_id: i
         selection=data_args.pseudo_target_selection,
         fallback_to_reference=not data_args.mix_references,
     )
+
+
+def training_targets(data_args, target_report: dict | None) -> str:
+    """The model card's line on what the student learned from."""
+    if not data_args.sequence_level_kd:
+        return "word-level KD on the references only"
+    report = target_report or {}
+    line = (
+        f"sequence-level: the teacher's {data_args.pseudo_target_hypotheses} best beam-search translations of each "
+        f"of {report.get('sources')} training sources"
+    )
+    if data_args.pseudo_target_no_repeat_ngram_size:
+        line += f" (no repeated {data_args.pseudo_target_no_repeat_ngram_size}-gram)"
+    if data_args.pseudo_target_checks:
+        line += (
+            f", checked against bounds read off the references ({report.get('sources_without_clean_target')} "
+            "sources had no clean hypothesis)"
+        )
+    line += f"; {report.get('targets')} targets kept, the {data_args.pseudo_target_selection} clean ones"
+    if data_args.mix_references:
+        line += ", mixed with the references"
+    return line
 
 
 def evaluated_decodings(teacher, student, baseline, teacher_beams: int, student_beams: int, max_new_tokens: int):
