@@ -422,4 +422,5 @@ def test_translation_recipe_publishes_the_student_with_both_tokenizers(
         ("chrf", results["student"]["chrf"]),
     }
     assert CITATIONS["kim_rush"] in card.text
-    assert "training targets: sequence-level (the teacher's beam-search translations)" in card.text
+    assert "training targets: sequence-level: the teacher's 2 best beam-search translations of each of" in card.text
+    assert "- decoding: student greedy against teacher beam 2, batch 1" in card.text
