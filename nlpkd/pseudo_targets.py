@@ -27,31 +27,12 @@ BATCHES_PER_PART = 16
 
 
 def teacher_translations(
-    teacher: PreTrainedModel,
-    dataset: datasets.Dataset,
-    cache_dir: str,
-    pad_token_id: int,
-    num_beams: int = 4,
-    max_new_tokens: int = 128,
-    batch_size: int = 64,
-    max_length_ratio: float | None = 2.0,
-    show_progress: bool = True,
-    **generation,
+    teacher: PreTrainedModel, dataset: datasets.Dataset, cache_dir: str, pad_token_id: int, **settings
 ) -> datasets.Dataset:
     """`dataset` (tokenized: input_ids, attention_mask, labels) with `labels` replaced by the teacher's best
-    beam-search translation of each source: the first of `teacher_hypotheses` (its arguments)."""
-    hypotheses = teacher_hypotheses(
-        teacher,
-        dataset,
-        cache_dir,
-        pad_token_id,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        max_length_ratio=max_length_ratio,
-        show_progress=show_progress,
-        **generation,
-    )
+    beam-search translation of each source: the first of `teacher_hypotheses` (`settings`: its keyword arguments,
+    num_beams, max_new_tokens, batch_size, max_length_ratio, show_progress and `generate` settings)."""
+    hypotheses = teacher_hypotheses(teacher, dataset, cache_dir, pad_token_id, **settings)
     return dataset.remove_columns("labels").add_column("labels", [best for best, *_ in hypotheses])
 
 
