@@ -113,8 +113,7 @@ def select_targets(
     (`selection="top"`, the beam's order) or by `overlap` with the reference (`"closest"`; ties keep the beam's
     order) — and the first `per_source` become rows with the source's input ids. A source with no clean hypothesis
     gets its reference instead when `fallback_to_reference` (the data keeps its size), else no row."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection={selection!r}: choose one of {', '.join(SELECTIONS)}.")
+    check_selection("selection", selection)
     if per_source < 1:
         raise ValueError(f"per_source={per_source}: keep at least one target per source.")
     if len(hypotheses) != len(dataset):
@@ -155,6 +154,12 @@ def select_targets(
         **(checks.summary() if checks else {"checks": "off"}),
     }
     return selected, report
+
+
+def check_selection(field: str, selection: str) -> None:
+    """A clear error naming `field` when `selection` is not one of `SELECTIONS`."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"{field}={selection!r}: choose one of {', '.join(SELECTIONS)}.")
 
 
 def _quantile(values: Sequence[float], q: float) -> float:

@@ -26,7 +26,7 @@ from nlpkd.pipeline import (
 from nlpkd.pseudo_targets import teacher_hypotheses
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import count_parameters, generation_timer, measure_speed, median_length_text, model_size_mb
-from nlpkd.target_checks import SELECTIONS, TargetChecks, select_targets
+from nlpkd.target_checks import SELECTIONS, TargetChecks, check_selection, select_targets
 from nlpkd.teacher_stage import finetune_teacher_once, trained_teacher
 from nlpkd.translation import (
     Seq2SeqCollator,
@@ -219,10 +219,7 @@ class TranslationDataArguments:
 
     def __post_init__(self):
         check_sample_limits(self)
-        if self.pseudo_target_selection not in SELECTIONS:
-            raise ValueError(
-                f"pseudo_target_selection={self.pseudo_target_selection!r}: choose one of {', '.join(SELECTIONS)}."
-            )
+        check_selection("pseudo_target_selection", self.pseudo_target_selection)  # a config file skips `choices`
         for name in ("pseudo_target_hypotheses", "pseudo_targets_per_source", "student_num_beams"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: it must be at least 1.")
