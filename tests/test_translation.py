@@ -805,6 +805,18 @@ def test_recipe_distils_a_marian_teacher_and_reuses_its_translations(
     assert scored[0]["chrf"] == again["teacher"]["chrf"] == saved["teacher"]["chrf"]
     assert again["teacher"]["bleu"] == 0 and again["retention"] is None  # reported, not a ZeroDivisionError
 
+    # Settings are chosen on the validation pairs: --eval_split validation scores those (4) instead of the test pairs.
+    monkeypatch.setattr(recipe, "score_translations", score_translations)
+    caplog.clear()
+    tuned = read_results(tmp_path / "out", recipe.main([*again_flags, "--eval_split", "validation"]))
+    assert (tuned["eval_split"], tuned["num_test_pairs"]) == ("validation", 4) and saved["eval_split"] == "test"
+    assert recipe_progress(caplog)[1] == [
+        [name, "translating the validation sources"] for name in ("teacher", "student", "student_beam2")
+    ]
+    assert {"validation_translations_teacher", "validation_translations_student"} <= set(tuned["wall_seconds"])
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "      split: validation\n" in card and "Quality on the held-out validation split" in card
+
 
 def test_recipe_builds_trains_and_caches_an_encoder_decoder_teacher(bert_dir, pairs_tsv, tmp_path, monkeypatch):
     flags = recipe_flags(bert_dir, pairs_tsv, tmp_path, "--target_vocab_size", "60", "--teacher_decoder_layers", "1")
@@ -940,6 +952,7 @@ def test_recipe_refuses_a_length_above_the_teachers_positions_before_training(
             r"pseudo_target_selection.*invalid choice: 'best' \(choose from 'top', 'closest'\)",
         ),
         (["--student_num_beams", "0"], r"student_num_beams=0: it must be at least 1"),
+        (["--eval_split", "dev"], r"eval_split.*invalid choice: 'dev' \(choose from 'test', 'validation'\)"),
     ],
 )
 def test_recipe_refuses_bad_sequence_level_settings_before_training(
@@ -951,3 +964,9 @@ def test_recipe_refuses_bad_sequence_level_settings_before_training(
     assert re.search(message, str(raised.value) + capsys.readouterr().err)
     for folder in ("teachers", "tokenizers", "pseudo_targets", "out"):
         assert not (tmp_path / folder).exists(), folder
+
+
+def test_a_config_file_cannot_score_an_unknown_split():
+    # A YAML config fills the dataclass without argparse's `choices`: __post_init__ refuses it, naming the fix.
+    with pytest.raises(ValueError, match=r"eval_split='dev': the models are scored on one of test, validation"):
+        recipe.TranslationDataArguments(eval_split="dev")

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_DATA = "English–Spanish Bible verse pairs (World English Bible, Reina-Valera 1909; public domain)"
 
+# The held-out splits the models can be scored on (load_translation_pairs makes both).
+EVAL_SPLITS = ("test", "validation")
 # Marian checkpoints (Helsinki-NLP/opus-mt-*) are `MarianMTModel`s, SeamlessM4T's text model `...ForTextToText`.
 SEQ2SEQ_ARCHITECTURES = ("ForConditionalGeneration", "EncoderDecoderModel", "MTModel", "ForTextToText")
 # Teacher-only training settings of the embedded default's from-scratch decoder.
@@ -214,12 +216,25 @@ class TranslationDataArguments:
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Distil on at most this many pairs."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Score at most this many test pairs."})
+    eval_split: str = field(
+        default="test",
+        metadata={
+            "help": "The held-out pairs the models are scored on: 'test', or 'validation' to choose settings "
+            "without looking at the test pairs.",
+            "choices": list(EVAL_SPLITS),
+        },
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Score at most this many eval_split pairs."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the BLEU/chrF intervals."})
 
     def __post_init__(self):
         check_sample_limits(self)
         check_selection("pseudo_target_selection", self.pseudo_target_selection)  # a config file skips `choices`
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(
+                f"eval_split={self.eval_split!r}: the models are scored on one of {', '.join(EVAL_SPLITS)}; "
+                "choose settings on 'validation' and report 'test'."
+            )
         for name in ("pseudo_target_hypotheses", "pseudo_targets_per_source", "student_num_beams"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: it must be at least 1.")
@@ -248,9 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     references = tokenize_pairs(train, source_tokenizer, target_tokenizer, *lengths, data_args.source_prefix)
-    test = pairs["test"]
+    held_out = pairs[data_args.eval_split]
     if data_args.max_eval_samples is not None:
-        test = test.select(range(min(data_args.max_eval_samples, len(test))))
+        held_out = held_out.select(range(min(data_args.max_eval_samples, len(held_out))))
 
     # Stage 2: sequence-level KD data, the teacher's translations of the training sources (generated once), checked.
     student_train, wall_seconds, target_report = references, {}, None
@@ -296,8 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not trainer.is_world_process_zero():
         return {}
 
-    # Stage 4: BLEU and chrF on the held-out pairs, size and latency for each model and decoding.
-    sources = [data_args.source_prefix + text for text in test["source"]]
+    # Stage 4: BLEU and chrF on the held-out pairs (eval_split), size and latency for each model and decoding.
+    sources = [data_args.source_prefix + text for text in held_out["source"]]
     typical = median_length_text(sources)
     teacher_beams = args.generation_num_beams or 1
     decodings = evaluated_decodings(
@@ -319,12 +334,12 @@ def main(argv: list[str] | None = None) -> dict:
             sources,
             max_length_ratio=2.0,
             show_progress=show_progress,
-            description=f"{name}: translating the test sources",
+            description=f"{name}: translating the {data_args.eval_split} sources",
             **kwargs,
         )
-        wall_seconds[f"test_translations_{name}"] = time.perf_counter() - started
+        wall_seconds[f"{data_args.eval_split}_translations_{name}"] = time.perf_counter() - started
         results[name] = {
-            **score_translations(translations, test["target"], data_args.n_bootstrap),
+            **score_translations(translations, held_out["target"], data_args.n_bootstrap),
             "decoding": decoding_name(kwargs["num_beams"]),
             "params": count_parameters(model),
             "size_mb": model_size_mb(model),
@@ -347,7 +362,8 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline_training": getattr(trainer, "baseline_train_runtime", None),
     }
     results["speed_rounds"] = speed_rounds
-    results["num_test_pairs"] = len(test)
+    results["eval_split"] = data_args.eval_split
+    results["num_test_pairs"] = len(held_out)  # the scored pairs, of eval_split
     results["sequence_level_kd"] = data_args.sequence_level_kd
     results["distillation"] = distillation_settings(args, trainer.layer_map)
     report_results(results, args.output_dir)
@@ -362,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         student_args,
         tasks="translation",
         language=[data_args.source_lang, data_args.target_lang],
-        eval_split="test",
+        eval_split=data_args.eval_split,
         setup={
             "training targets": kd,
             "decoding": f"{results['speedup_decoding']}: the speed-up and the student's scores; "
