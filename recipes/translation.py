@@ -4,7 +4,7 @@
     python recipes/translation.py --dataset_name opus_books --dataset_config_name en-es \
         --source_lang en --target_lang es --teacher_model_name_or_path Helsinki-NLP/opus-mt-en-es
     python recipes/translation.py --train_file pairs.tsv --source_lang en --target_lang de   # columns `en`, `de`
-    python recipes/translation.py --eval_split validation --num_train_epochs 3   # choose settings on validation
+    python recipes/translation.py --eval_split validation --num_train_epochs 4   # choose settings on validation
 
 A teacher that is already a seq2seq model (Marian, BART, T5, an EncoderDecoderModel) is distilled as it is. Any
 other checkpoint (by default the packaged MiniLM BERT) becomes the encoder of a BERT-style EncoderDecoderModel
