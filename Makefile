@@ -40,7 +40,7 @@ demo: $(STAMP)
 demo-mlm demo-clm demo-general: demo-%: $(STAMP)
 	$(OFFLINE) $(BIN)/python recipes/language_modeling.py --objective $*
 
-# Translation: English→Spanish Bible verses; the first run also trains the teacher (62 minutes on 2 cores, then cached), then about 45 more.
+# Translation: English→Spanish Bible verses; the first run also trains the teacher (62 minutes on 2 cores, then cached), then 42 more.
 demo-translation: $(STAMP) $(SWORD_STAMP)
 	$(OFFLINE) $(BIN)/python recipes/translation.py
 

@@ -49,5 +49,20 @@ def parse_recipe_args(
         values = yaml.safe_load(text) or {}  # YAML is a superset of JSON
         if not isinstance(values, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping of argument names to values.")
+        check_choices(dataclass_types, values, str(path))
         return parser.parse_dict({**defaults, **values})
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def check_choices(dataclass_types: tuple[type, ...], values: dict[str, Any], source: str) -> None:
+    """The `choices` check argparse makes on flags, for a config file's `values` (parse_dict skips it): a clear
+    error naming the field, the value, the file and the choices."""
+    for dataclass_type in dataclass_types:
+        for f in dataclasses.fields(dataclass_type):
+            choices = f.metadata.get("choices")
+            if choices is not None and f.name in values and values[f.name] not in choices:
+                allowed = ", ".join(map(str, choices))
+                raise ValueError(
+                    f"{f.name}={values[f.name]!r} is not a choice: pass --{f.name} with one of {allowed} (or set it "
+                    f"so in {source})."
+                )

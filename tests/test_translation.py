@@ -964,9 +964,3 @@ def test_recipe_refuses_bad_sequence_level_settings_before_training(
     assert re.search(message, str(raised.value) + capsys.readouterr().err)
     for folder in ("teachers", "tokenizers", "pseudo_targets", "out"):
         assert not (tmp_path / folder).exists(), folder
-
-
-def test_a_config_file_cannot_score_an_unknown_split():
-    # A YAML config fills the dataclass without argparse's `choices`: __post_init__ refuses it, naming the fix.
-    with pytest.raises(ValueError, match=r"eval_split='dev': the models are scored on one of test, validation"):
-        recipe.TranslationDataArguments(eval_split="dev")

@@ -26,7 +26,7 @@ from nlpkd.pipeline import (
 from nlpkd.pseudo_targets import teacher_hypotheses
 from nlpkd.recipe_args import StudentArguments, TeacherArguments, check_length_limit, check_sample_limits
 from nlpkd.report import count_parameters, generation_timer, measure_speed, median_length_text, model_size_mb
-from nlpkd.target_checks import SELECTIONS, TargetChecks, check_selection, select_targets
+from nlpkd.target_checks import SELECTIONS, TargetChecks, select_targets
 from nlpkd.teacher_stage import finetune_teacher_once, trained_teacher
 from nlpkd.translation import (
     Seq2SeqCollator,
@@ -230,12 +230,6 @@ class TranslationDataArguments:
 
     def __post_init__(self):
         check_sample_limits(self)
-        check_selection("pseudo_target_selection", self.pseudo_target_selection)  # a config file skips `choices`
-        if self.eval_split not in EVAL_SPLITS:
-            raise ValueError(
-                f"eval_split={self.eval_split!r}: the models are scored on one of {', '.join(EVAL_SPLITS)}; "
-                "choose settings on 'validation' and report 'test'."
-            )
         for name in ("pseudo_target_hypotheses", "pseudo_targets_per_source", "student_num_beams"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: it must be at least 1.")
